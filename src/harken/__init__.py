@@ -1,0 +1,7 @@
+"""harken: unsupervised anomalous sound detection for machine condition monitoring."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,312 @@
+"""Configuration: nested dataclasses loaded from YAML, with dotted command-line overrides.
+
+A run's whole configuration is one :class:`Config`.  It is stored in every checkpoint as plain
+data (``asdict``), so a model rebuilds from its checkpoint file alone and loads under
+``torch.load(weights_only=True)``.  Every field is documented in ``docs/CONFIG.md``; the
+comments here say why a default was chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harken.errors import ConfigError
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    # Multi-channel policy.  "select" keeps one channel (DCASE built its single-channel sets
+    # from one microphone of the MIMII array, so that is the default); "mean" downmixes.
+    channel: str = "select"
+    channel_index: int = 0
+    # A file at another rate is resampled with scipy's polyphase filter, or refused.
+    resample: str = "polyphase"  # "polyphase" | "refuse"
+    # NaN / Inf samples: refuse the file (default: never a wrong number) or zero them with a warning.
+    nonfinite: str = "error"  # "error" | "zero"
+
+
+@dataclass
+class FeatureConfig:
+    # n_fft 1024 (64 ms) and hop 156 give 1 + 160000 // 156 = 1026 frames for a 10-s 16-kHz
+    # clip: the report's 128 x 1024 input after a 1024-frame window.
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 156
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float | None = None  # None: sample_rate / 2
+    power: float = 2.0
+    amin: float = 1e-10  # floor before log10, so all-zero audio gives a finite -100 dB
+    center: bool = True
+    cache_dtype: str = "float16"
+
+
+@dataclass
+class WindowConfig:
+    """How a clip of any length becomes fixed-size model inputs."""
+
+    frames: int = 1024
+    # Training: one random crop of ``frames`` per clip per draw.  Test: windows every
+    # ``test_hop`` frames covering the clip, window scores combined by ``aggregate``.
+    train_crop: str = "random"  # "random" | "center"
+    test_hop: int = 512
+    aggregate: str = "mean"  # "mean" | "max"
+    # A clip shorter than one window is tiled (repeated) to length, padded with its minimum
+    # value, or refused.
+    short_clip: str = "repeat"  # "repeat" | "pad" | "error"
+
+
+@dataclass
+class ScalingConfig:
+    """Scaling of log-mel dB values to [0, 1] to match the decoder's Sigmoid output.
+
+    Per-mel-band min-max from training data quantiles; inputs are not clipped, so test audio
+    louder than anything in training still shows up as reconstruction error.
+    """
+
+    kind: str = "band_minmax"  # "band_minmax" | "global_minmax"
+    q_low: float = 0.001
+    q_high: float = 0.999
+
+
+@dataclass
+class ModelConfig:
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    latent_dim: int = 128
+    domain_hidden: int = 64
+    domain_dropout: float = 0.5
+    grl_lambda: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    alpha_recon: float = 0.5
+    svdd_nu: float = 3.0
+    # Components of c closer to zero than this are pushed to +/- eps (Ruff et al.), so a
+    # normal sample cannot reach the center with trivially zero weights.
+    center_eps: float = 0.1
+    use_svdd: bool = True
+    use_dann: bool = True
+    use_pseudo: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    """Pseudo-anomalies made from normal training clips (see harken.augment)."""
+
+    names: list[str] = field(
+        default_factory=lambda: [
+            "noise_burst",
+            "freq_shift",
+            "tone",
+            "band_gain",
+            "clicks",
+            "time_stretch_local",
+        ]
+    )
+    # Fraction of normal clips (per machine x domain) that seed pseudo-anomalies.
+    fraction: float = 0.5
+    strength: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    setting: str = "generalized"  # "generalized" (one model over all machines) | "per_machine"
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    # Validation: this fraction of normal training clips (per machine x domain, at least one
+    # target clip where a machine has two or more) is held out with its pseudo-anomalies.
+    val_fraction: float = 0.1
+    # Inputs per epoch; 0 means as many as the balanced sampler needs to show every normal
+    # training clip once in expectation (see harken.training.sampler).
+    epoch_size: int = 0
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    precision: str = "fp32"  # "fp32" | "bf16"
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 0
+    include_supplemental: bool = True
+    log_tensorboard: bool = True
+
+
+@dataclass
+class ScoreConfig:
+    kind: str = "reconstruction"  # "reconstruction" (Eq. 9) | "svdd" | "fused"
+    fused_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
+    # Decision threshold: quantile of a gamma distribution fitted to training-clip scores.
+    threshold_quantile: float = 0.9
+
+
+@dataclass
+class BaselineConfig:
+    """The DCASE 2023-2025 autoencoder baseline (its own features and training)."""
+
+    n_mels: int = 128
+    n_fft: int = 1024
+    hop_length: int = 512
+    power: float = 2.0
+    n_frames: int = 5
+    hidden: int = 128
+    bottleneck: int = 8
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+
+
+@dataclass
+class AuMConfig:
+    """The machine-generalized Audio Mamba comparison system."""
+
+    patch: int = 16
+    embed_dim: int = 64
+    depth: int = 2
+    d_state: int = 8
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-4
+
+
+@dataclass
+class Config:
+    system: str = "cae-dann"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    aum: AuMConfig = field(default_factory=AuMConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> Config:
+        return _build(cls, data, source, "")
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"section '{prefix or 'root'}' must be a mapping, got {type(data).__name__}", path=source)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(prefix + k for k in unknown)}", path=source)
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, source, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, name + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, source, name)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"field {name} must be a list, got {value!r}", path=source)
+        (inner,) = typing.get_args(tp)
+        return [_coerce(inner, v, source, name) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        raise ConfigError(f"field {name} must be true or false, got {value!r}", path=source)
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"field {name} must be a number, got {value!r}", path=source)
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"field {name} must be {tp.__name__}, got {value!r}", path=source) from None
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"field {name} must be an integer, got {value!r}", path=source)
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"field {name} must be a string, got {value!r}", path=source)
+        return str(value)
+    return value
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path, or the name of a bundled config (``paper``, ``demo``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    bundled = CONFIG_DIR / f"{name_or_path}.yaml"
+    if bundled.exists():
+        return bundled
+    raise ConfigError("no such config file (and no bundled config of that name)", path=path)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults) and apply ``section.field=value`` overrides."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        resolved = resolve_config_path(path)
+        source = str(resolved)
+        try:
+            loaded = yaml.safe_load(resolved.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid YAML: {exc}", path=resolved) from None
+        data = loaded or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return Config.from_dict(data, source=source)
+
+
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    return _deep_merge(base, extra)

@@ -1,0 +1,88 @@
+"""Checkpoints that rebuild a model from the file alone and load under ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain Python data: the configuration as ``asdict``,
+the model arguments, weights, the SVDD center, feature scaling, thresholds and library
+versions.  Nothing is pickled as an object, so ``torch.load(weights_only=True)`` reads it and
+no code runs from a model file.  Writes are atomic: a run killed mid-write leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import harken
+from harken.atomic import atomic_write_bytes
+from harken.errors import CheckpointError
+
+FORMAT = "harken-checkpoint"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    return {
+        "harken": harken.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any], *, kind: str) -> None:
+    """Atomically write ``payload`` with the format header and versions."""
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "versions": versions()}
+    data.update(payload)
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, *, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; a tampered, foreign or truncated file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("no checkpoint file here", path=path)
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a safe harken file"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"not a readable harken checkpoint (refused by the weights-only loader: {first})", path=path
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError("not a harken checkpoint (missing format header)", path=path)
+    if int(data.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format {data.get('format_version')} is newer than this harken understands ({FORMAT_VERSION})",
+            path=path,
+        )
+    if kind is not None and data.get("kind") != kind:
+        raise CheckpointError(f"expected a {kind!r} checkpoint, found {data.get('kind')!r}", path=path)
+    return data
+
+
+def save_detector(path: str | Path, detector: Any) -> None:
+    save_checkpoint(path, {"detector": detector.state_dict()}, kind="detector")
+
+
+def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """A fitted Detector from a model file (``RUN/model.pt`` or a run directory)."""
+    from harken.systems.base import Detector
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    data = load_checkpoint(path, kind="detector", map_location=map_location)
+    try:
+        return Detector.from_state_dict(data["detector"])
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed contents of a well-formed file
+        raise CheckpointError(f"checkpoint contents do not rebuild a model: {exc}", path=path) from None

@@ -44,3 +44,11 @@ class CheckpointError(HarkenError):
 
 class CacheError(HarkenError):
     """A feature-cache entry is corrupt; callers rebuild it."""
+
+
+class HarkenWarning(UserWarning):
+    """Input harken accepts but a user should look at (silent or clipped audio, CSV gaps).
+
+    A warning, not an error, where the data is still usable as it stands; the message names
+    the file, like every error here.
+    """

@@ -133,7 +133,7 @@ def attribute_pairs(raw: str | None) -> tuple[tuple[str, str], ...]:
     tokens = raw.split("_")
     if len(tokens) % 2 or any(not t for t in tokens[0::2]):
         return ()
-    return tuple(zip(tokens[0::2], tokens[1::2]))
+    return tuple(zip(tokens[0::2], tokens[1::2], strict=True))
 
 
 @dataclass(frozen=True)

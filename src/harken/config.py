@@ -138,6 +138,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     num_workers: int = 0
+    # DDP BatchNorm: per-rank statistics with rank 0's buffers broadcast (default), or SyncBatchNorm.
+    sync_batchnorm: bool = False
     include_supplemental: bool = True
     log_tensorboard: bool = True
 

@@ -1,0 +1,143 @@
+"""CAE-DANN-SVDD as a harken system: features, training, scoring and state.
+
+The thin wrapper between the plain ``nn.Module`` (:mod:`.torch_model`), the training loop
+(:mod:`harken.training.loop`) and the estimator surface (:class:`~harken.systems.base.Detector`).
+``train.setting`` chooses one machine-generalized model over all machine types (the report's
+setting) or one model per machine type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harken.config import Config
+from harken.features.cache import FeatureCache
+from harken.features.logmel import LogMel
+from harken.features.scaling import Scaler
+from harken.scoring import SpectrogramScores, score_spectrograms
+from harken.systems import register_system
+from harken.systems.base import ClipScores, Detector
+from harken.systems.cae_dann.torch_model import CAEDANN
+from harken.training.distributed import DistInfo, resolve_device
+from harken.training.loop import model_args, train_cae, window_scorer
+
+GENERALIZED = "all"
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("HARKEN_CACHE_DIR", Path.home() / ".cache" / "harken" / "features"))
+
+
+class FeatureSystem(Detector):
+    """A Detector that reads log-mel features through the shared content-keyed cache."""
+
+    cache_dir: Path | None = None
+
+    def feature_cache(self) -> FeatureCache:
+        return FeatureCache(self.cache_dir or default_cache_dir(), self.config.audio, self.config.features)
+
+    def clip_features(self, clips: Sequence[Any], *, progress: bool) -> list[np.ndarray]:
+        return self.feature_cache().build([c.path for c in clips], workers=self.config.train.num_workers, progress=progress)
+
+    def waveform_features(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Log-mel of in-memory waveforms (field use, the service): no cache."""
+        logmel = LogMel(self.config.features, self.config.audio.sample_rate)
+        with torch.no_grad():
+            return [logmel(torch.from_numpy(np.asarray(w, dtype=np.float32)))[0].numpy() for w in waves]
+
+
+class CAEDANNSystem(FeatureSystem):
+    name = "cae-dann"
+    score_kinds = ("reconstruction", "svdd")
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.models: dict[str, CAEDANN] = {}
+        self.scalers: dict[str, Scaler] = {}
+
+    # ------------------------------------------------------------------ training
+    def _fit(self, clips: Sequence[Any], *, run_dir: Path | None, progress: bool, resume: bool) -> None:
+        features = self.clip_features(clips, progress=progress)
+        if self.config.train.setting == "per_machine":
+            groups = {m: [i for i, c in enumerate(clips) if c.machine == m] for m in sorted({c.machine for c in clips})}
+        else:
+            groups = {GENERALIZED: list(range(len(clips)))}
+        self.history_ = []
+        for tag, idx in groups.items():
+            result = train_cae(
+                [clips[i] for i in idx],
+                [features[i] for i in idx],
+                self.config,
+                run_dir=run_dir,
+                tag=tag,
+                progress=progress,
+                resume=resume,
+            )
+            self.models[tag] = result.model.cpu().eval()
+            self.scalers[tag] = result.scaler
+            self.history_ += result.history
+
+    # ------------------------------------------------------------------ scoring
+    def _group(self, machine: str) -> str:
+        return machine if machine in self.models else GENERALIZED if GENERALIZED in self.models else next(iter(self.models))
+
+    def score_spectrograms(self, specs: Sequence[np.ndarray], machines: Sequence[str]) -> list[SpectrogramScores]:
+        """Window scores of dB log-mel spectrograms, each with the model of its machine type."""
+        device = resolve_device(self.config.train.device, DistInfo())
+        out: list[SpectrogramScores | None] = [None] * len(specs)
+        for tag in self.models:
+            idx = [i for i, m in enumerate(machines) if self._group(m) == tag]
+            if not idx:
+                continue
+            model = self.models[tag].to(device).eval()
+            scores = score_spectrograms([specs[i] for i in idx], window_scorer(model, self.scalers[tag]), self.config.window, device=device)
+            for i, s in zip(idx, scores, strict=True):
+                out[i] = s
+        return [s for s in out if s is not None]
+
+    def _score_clips(self, clips: Sequence[Any], *, progress: bool) -> ClipScores:
+        specs = self.clip_features(clips, progress=progress)
+        return self.scores_from_spectrograms(list(clips), specs)
+
+    def scores_from_spectrograms(self, clips: list[Any], specs: Sequence[np.ndarray]) -> ClipScores:
+        results = self.score_spectrograms(specs, [c.machine for c in clips])
+        how = self.config.window.aggregate
+        agg = [r.aggregate(how) for r in results]
+        scores = {k: np.array([a[k] for a in agg], dtype=np.float64) for k in self.score_kinds}
+        seconds = self.config.features.hop_length / self.config.audio.sample_rate
+        return ClipScores(
+            clips=clips,
+            scores=scores,
+            windows=[{k: r.windows[k] for k in self.score_kinds} for r in results],
+            window_starts=[r.starts * seconds for r in results],
+        )
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model_args": model_args(self.config),
+            "groups": {
+                tag: {"weights": {k: v.detach().cpu() for k, v in m.state_dict().items()}, "scaler": self.scalers[tag].to_dict()}
+                for tag, m in self.models.items()
+            },
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.models, self.scalers = {}, {}
+        for tag, group in state["groups"].items():
+            model = CAEDANN(**state["model_args"])
+            model.load_state_dict(group["weights"])
+            self.models[tag] = model.eval()
+            self.scalers[tag] = Scaler.from_dict(group["scaler"])
+
+
+@register_system("cae-dann")
+def build_cae_dann(config: Config) -> CAEDANNSystem:
+    return CAEDANNSystem(config)

@@ -97,6 +97,15 @@ def native_audio_config(audio: AudioConfig, sample_rate: int) -> AudioConfig:
     return replace(audio, sample_rate=int(sample_rate), channel="mean", resample="refuse")
 
 
+def _sample_rate(path: str | Path) -> int:
+    import soundfile
+
+    try:
+        return int(soundfile.info(str(path)).samplerate)
+    except Exception as exc:  # noqa: BLE001 - any libsndfile failure is an unreadable file
+        raise AudioError(f"cannot read the audio header ({exc})", path=path) from None
+
+
 def _domain_of(clip: Clip) -> str:
     # The official code treats every clip whose name does not say "target" as source.
     return "target" if clip.domain == "target" else "source"
@@ -132,8 +141,8 @@ class AEBaseline(Detector):
         self.input_dim = self.baseline.n_mels * self.baseline.n_frames
         #: "last" (official) or "best" (lowest validation loss)
         self.selection = "last"
-        #: where log-mels are cached (a FeatureCache root); None computes them on the fly
-        self.cache_root: Path | None = None
+        #: FeatureCache root; None: $HARKEN_CACHE_DIR or ~/.cache/harken/features (as CAE-DANN)
+        self.cache_dir: Path | None = None
         self.models: dict[str, AENet] = {}
         #: per machine: {"source": cov, "target": cov} covariances of residual blocks (float64)
         self.covariances: dict[str, dict[str, torch.Tensor]] = {}
@@ -150,51 +159,56 @@ class AEBaseline(Detector):
             requested = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.device(requested)
 
-    def clip_logmel(self, path: str | Path) -> tuple[np.ndarray, int]:
-        """Official dB log-mel ``[n_mels, frames]`` (float32) of one file at its own rate, and
-        that rate."""
-        import soundfile
+    def feature_cache(self, sample_rate: int) -> Any:
+        """The shared content-keyed cache for files at ``sample_rate`` (keyed by these features)."""
+        from harken.features.cache import FeatureCache
+        from harken.systems.cae_dann.system import default_cache_dir
 
-        try:
-            rate = int(soundfile.info(str(path)).samplerate)
-        except Exception as exc:  # noqa: BLE001 - any libsndfile failure is an unreadable file
-            raise AudioError(f"cannot read audio header ({exc})", path=path) from None
-        audio = native_audio_config(self.config.audio, rate)
-        if self.cache_root is not None:
-            from harken.features.cache import FeatureCache
+        audio = native_audio_config(self.config.audio, sample_rate)
+        return FeatureCache(self.cache_dir or default_cache_dir(), audio, self.features)
 
-            mel = np.asarray(
-                FeatureCache(self.cache_root, audio, self.features).get(path), dtype=np.float32
+    def clip_features(self, clips: Sequence[Clip], *, progress: bool) -> list[np.ndarray]:
+        """Official dB log-mels ``[n_mels, frames]`` (float32) of ``clips``, each at its own rate."""
+        return self._features_and_rates(clips, progress=progress)[0]
+
+    def _features_and_rates(
+        self, clips: Sequence[Clip], *, progress: bool
+    ) -> tuple[list[np.ndarray], list[int]]:
+        rates = [_sample_rate(c.path) for c in clips]
+        out: list[np.ndarray] = [np.empty(0, np.float32)] * len(clips)
+        for rate in sorted(set(rates)):
+            idx = [i for i, r in enumerate(rates) if r == rate]
+            mels = self.feature_cache(rate).build(
+                [clips[i].path for i in idx],
+                workers=self.config.train.num_workers,
+                progress=progress,
             )
-        else:
-            from harken.data.audio import load_audio
-            from harken.features.logmel import LogMel
+            for i, mel in zip(idx, mels, strict=True):
+                out[i] = self._official_scale(np.asarray(mel, dtype=np.float32))
+                if out[i].shape[1] < self.baseline.n_frames:
+                    raise AudioError(
+                        f"clip too short for the baseline: {out[i].shape[1]} frames, "
+                        f"need {self.baseline.n_frames}",
+                        path=clips[i].path,
+                    )
+        return out, rates
 
-            module = self._logmel_modules.get(rate)
-            if module is None:
-                module = self._logmel_modules[rate] = LogMel(self.features, rate)
-            wave = load_audio(path, audio)
-            with torch.inference_mode():
-                mel = module(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))).numpy()
-        # LogMel gives 10 * log10(mel); the official scale is 20 / power * log10(mel).
+    def waveform_features(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Official dB log-mel of an in-memory mono waveform (no cache)."""
+        from harken.features.logmel import LogMel
+
+        module = self._logmel_modules.get(sample_rate)
+        if module is None:
+            module = self._logmel_modules[sample_rate] = LogMel(self.features, sample_rate)
+        with torch.inference_mode():
+            mel = module(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))).numpy()
+        return self._official_scale(mel)
+
+    def _official_scale(self, mel: np.ndarray) -> np.ndarray:
+        # harken's LogMel gives 10 * log10(mel); the official scale is 20 / power * log10(mel).
         if self.features.power != 2.0:
             mel = mel * np.float32(2.0 / self.features.power)
-        return mel, rate
-
-    def _clip_features(self, clip: Clip) -> tuple[np.ndarray, int]:
-        mel, rate = self.clip_logmel(clip.path)
-        if mel.shape[1] < self.baseline.n_frames:
-            raise AudioError(
-                f"clip too short for the baseline: {mel.shape[1]} frames, need {self.baseline.n_frames}",
-                path=clip.path,
-            )
-        return mel, rate
-
-    def _logmels(self, clips: Sequence[Clip], desc: str, progress: bool) -> list[np.ndarray]:
-        return [
-            self._clip_features(c)[0]
-            for c in tqdm(clips, desc=desc, disable=not progress, leave=False)
-        ]
+        return mel
 
     def new_model(self) -> AENet:
         return AENet(self.input_dim, self.baseline.hidden, self.baseline.bottleneck)
@@ -203,8 +217,6 @@ class AEBaseline(Detector):
     def _fit(
         self, clips: Sequence[Clip], *, run_dir: Path | None, progress: bool, resume: bool
     ) -> None:
-        if self.cache_root is None and run_dir is not None:
-            self.cache_root = Path(run_dir) / "features"
         by_machine: dict[str, list[Clip]] = {}
         for clip in clips:
             by_machine.setdefault(clip.machine, []).append(clip)
@@ -217,7 +229,7 @@ class AEBaseline(Detector):
         cfg = self.baseline
         seed = _machine_seed(self.config.train.seed, machine)
         train_idx, val_idx = split_train_val(len(clips), cfg.val_fraction, seed)
-        mels = self._logmels(clips, f"features {machine}", progress)
+        mels = self.clip_features(clips, progress=progress)
         device = self.device
         train_bank = FrameBank([mels[i] for i in train_idx], cfg.n_frames)
         val_bank = FrameBank([mels[i] for i in val_idx], cfg.n_frames) if val_idx else None
@@ -357,19 +369,25 @@ class AEBaseline(Detector):
                 f"(trained: {', '.join(sorted(self.models)) or 'none'})"
             )
         scores = {kind: np.zeros(len(clips), dtype=np.float64) for kind in self.score_kinds}
-        windows: list[np.ndarray] = []
-        starts: list[np.ndarray] = []
-        window_kind = (
-            self.decision_kind if self.decision_kind in self.score_kinds else self.score_kinds[0]
-        )
-        for i, clip in enumerate(tqdm(clips, desc=f"{self.name} scoring", disable=not progress)):
-            mel, rate = self._clip_features(clip)
-            result = self.score_logmel(clip.machine, mel)
-            for kind in self.score_kinds:
-                scores[kind][i] = result[kind]
-            windows.append(result["windows"][window_kind])
-            n_vec = len(windows[-1])
-            starts.append(np.arange(n_vec, dtype=np.float64) * self.baseline.hop_length / rate)
+        windows: list[np.ndarray] = [np.empty(0)] * len(clips)
+        starts: list[np.ndarray] = [np.empty(0)] * len(clips)
+        kind = self.decision_kind if self.decision_kind in self.score_kinds else self.score_kinds[0]
+        bar = tqdm(total=len(clips), desc=f"{self.name} scoring", disable=not progress)
+        # Chunks of clips: features of a chunk are read together (one cache pass), while
+        # memory stays bounded on large test sets.
+        for first in range(0, len(clips), 256):
+            chunk = list(range(first, min(first + 256, len(clips))))
+            mels, rates = self._features_and_rates([clips[i] for i in chunk], progress=False)
+            for i, mel, rate in zip(chunk, mels, rates, strict=True):
+                result = self.score_logmel(clips[i].machine, mel)
+                for k in self.score_kinds:
+                    scores[k][i] = result[k]
+                windows[i] = result["windows"][kind]
+                starts[i] = (
+                    np.arange(len(windows[i]), dtype=np.float64) * self.baseline.hop_length / rate
+                )
+                bar.update(1)
+        bar.close()
         return ClipScores(clips=clips, scores=scores, windows=windows, window_starts=starts)
 
     # ------------------------------------------------------------------ state

@@ -194,7 +194,7 @@ class FreqShift(Augmentation):
 @register_augmentation("tone")
 class Tone(Augmentation):
     """One to three stationary tonal components (about one mel band wide) at random bands,
-    3-15 dB above the band mean, during 30-100 % of the clip: a whine or bearing tone."""
+    5-15 dB above the band mean, during 30-100 % of the clip: a whine or bearing tone."""
 
     max_tones = 3
 
@@ -204,7 +204,7 @@ class Tone(Augmentation):
         n = draw.randint(1, k, b)
         active = torch.arange(k, device=x.device)[None, :] < n[:, None]  # [B, K]
         centre = draw.uniform(0.0, m - 1.0, b, k)
-        gain = draw.uniform(3.0, 15.0, b, k) + _strength_db(self.strength)
+        gain = draw.uniform(5.0, 15.0, b, k) + _strength_db(self.strength)
         bands = torch.arange(m, device=x.device, dtype=torch.float32)
         # Gaussian spread over neighbouring bands (sigma 0.6 bin), in dB: -4.34 * d^2 / sigma^2
         dist2 = (bands[None, None, :] - centre[:, :, None]) ** 2  # [B, K, M]
@@ -238,7 +238,7 @@ class BandGain(Augmentation):
 
 @register_augmentation("clicks")
 class Clicks(Augmentation):
-    """Two to eight broadband impulses (1-2 frames each) 6-18 dB above the band mean, with a
+    """Two to eight broadband impulses (1-2 frames each) 4-14 dB above the band mean, with a
     random spectral tilt of +/-10 dB: a loose part knocking or a cracked gear tooth."""
 
     max_clicks = 8
@@ -257,7 +257,7 @@ class Clicks(Augmentation):
         tilt = draw.uniform(-10.0, 10.0, b)[:, None] * (
             torch.linspace(-0.5, 0.5, m, device=x.device)[None, :]
         )
-        level = ref + (draw.uniform(6.0, 18.0, b)[:, None] + tilt)[:, :, None] + _strength_db(self.strength)
+        level = ref + (draw.uniform(4.0, 14.0, b)[:, None] + tilt)[:, :, None] + _strength_db(self.strength)
         click = level + draw.exponential_db(b, m, t)
         add = torch.where(mask[:, None, :] > 0, click, torch.full_like(click, -math.inf))
         return _db_add(x, add)

@@ -187,6 +187,10 @@ def discover(
     an error (a typo should not yield an empty run).
     """
     root = Path(root)
+    if isinstance(machines, str):
+        machines = [machines]
+    if isinstance(splits, str):
+        splits = [splits]
     if not root.is_dir():
         raise DatasetError("dataset root is not a folder (or does not exist)", path=root)
     wanted_splits = _check_splits(splits)

@@ -298,7 +298,7 @@ def test_attributes_csv_overrides_name_attributes(tmp_path: Path) -> None:
         CSV_HEADER
         + "bearing/train/section_00_source_train_normal_0000_noAttribute.wav,vel,6,loc,A\n"
         + "section_00_target_train_normal_0000_noAttribute,vel,14,,\n"  # bare name, no suffix
-        + "bearing/test/section_00_source_test_anomaly_0000_noAttribute.wav,,,,\n"  # hidden
+        + "bearing/test/section_00_source_test_anomaly_0000_noAttribute.wav,noAttribute,,,\n"  # hidden
     )
     clips = quiet_discover(tmp_path)
     by_name = {c.file_name: c.attributes for c in clips}

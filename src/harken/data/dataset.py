@@ -55,6 +55,7 @@ from typing import NamedTuple
 
 from harken.data.names import (
     AUDIO_EXTENSIONS,
+    NO_ATTRIBUTE,
     SPLITS,
     ClipName,
     parse_clip_name,
@@ -369,8 +370,8 @@ def read_attributes_csv(path: str | Path) -> list[AttributesRow]:
             )
         pairs = []
         for key, value in zip(cells[0::2], cells[1::2], strict=True):
-            if not key and not value:
-                continue
+            if (not key or key == NO_ATTRIBUTE) and not value:
+                continue  # empty pair, or DCASE's "noAttribute," for hidden attributes
             if not key:
                 raise DatasetError(f"row {number} ({name_cell}): value {value!r} has no attribute name", path=path)
             pairs.append((key, value))

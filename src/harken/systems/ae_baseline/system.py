@@ -162,10 +162,14 @@ class AEBaseline(Detector):
     def feature_cache(self, sample_rate: int) -> Any:
         """The shared content-keyed cache for files at ``sample_rate`` (keyed by these features)."""
         from harken.features.cache import FeatureCache
-        from harken.systems.cae_dann.system import default_cache_dir
 
+        root = self.cache_dir
+        if root is None:  # the same default location as CAE-DANN's features
+            from harken.systems.cae_dann.system import default_cache_dir
+
+            root = default_cache_dir()
         audio = native_audio_config(self.config.audio, sample_rate)
-        return FeatureCache(self.cache_dir or default_cache_dir(), audio, self.features)
+        return FeatureCache(root, audio, self.features)
 
     def clip_features(self, clips: Sequence[Clip], *, progress: bool) -> list[np.ndarray]:
         """Official dB log-mels ``[n_mels, frames]`` (float32) of ``clips``, each at its own rate."""
@@ -257,7 +261,7 @@ class AEBaseline(Detector):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
                 seen += len(idx)
             train_loss = total / max(seen, 1)
             val_loss = self._mean_mse(model, val_bank) if val_bank is not None else math.nan

@@ -33,7 +33,14 @@ def gen(seed: int) -> torch.Generator:
 
 def test_registry_lists_every_configured_transform() -> None:
     assert set(AugmentConfig().names) <= set(ALL)
-    assert {"noise_burst", "freq_shift", "tone", "band_gain", "clicks", "time_stretch_local"} <= set(ALL)
+    assert {
+        "noise_burst",
+        "freq_shift",
+        "tone",
+        "band_gain",
+        "clicks",
+        "time_stretch_local",
+    } <= set(ALL)
     assert sorted(ALL) == ALL
     for name in ALL:
         assert create_augmentation(name).name == name
@@ -158,5 +165,7 @@ def test_generator_draws_move_to_the_batch_device() -> None:
     # The CPU generator serves a batch on any device (here CPU, the same code path moves
     # the draws with .to(x.device)).
     x = machine_like(batch=2, n_mels=16, frames=24)
-    y = create_augmentation("noise_burst")(x.to("cpu"), torch.Generator(device="cpu").manual_seed(0))
+    y = create_augmentation("noise_burst")(
+        x.to("cpu"), torch.Generator(device="cpu").manual_seed(0)
+    )
     assert y.device == x.device and math.isfinite(float(y.sum()))

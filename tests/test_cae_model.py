@@ -37,7 +37,10 @@ def linear_params(n_in: int, n_out: int) -> int:
 
 def expected_ae_params(h: int, w: int, channels: list[int], latent: int) -> int:
     widths = [1, *channels]
-    enc = sum(conv_params(widths[i], widths[i + 1]) + bn_params(widths[i + 1]) for i in range(len(channels)))
+    enc = sum(
+        conv_params(widths[i], widths[i + 1]) + bn_params(widths[i + 1])
+        for i in range(len(channels))
+    )
     flat = channels[-1] * (h // 16) * (w // 16)
     rev = widths[::-1]
     dec = sum(conv_params(rev[i], rev[i + 1]) for i in range(len(channels)))  # deconv: same count
@@ -106,11 +109,20 @@ def test_submodules_are_separate() -> None:
 def test_mac_counts() -> None:
     macs = cae_macs(ModelConfig(), 128, 1024)
     # Conv layers by output positions: 64x512*1*16*9 + 3 * 37,748,736.
-    conv = 64 * 512 * 16 * 9 + 32 * 256 * 16 * 32 * 9 + 16 * 128 * 32 * 64 * 9 + 8 * 64 * 64 * 128 * 9
+    conv = (
+        64 * 512 * 16 * 9 + 32 * 256 * 16 * 32 * 9 + 16 * 128 * 32 * 64 * 9 + 8 * 64 * 64 * 128 * 9
+    )
     linear = 2 * 65536 * 128
     # Deconvs, true: by *input* positions; report convention: by output positions.
-    deconv_true = 8 * 64 * 128 * 64 * 9 + 16 * 128 * 64 * 32 * 9 + 32 * 256 * 32 * 16 * 9 + 64 * 512 * 16 * 9
-    deconv_report = 16 * 128 * 128 * 64 * 9 + 32 * 256 * 64 * 32 * 9 + 64 * 512 * 32 * 16 * 9 + 128 * 1024 * 16 * 9
+    deconv_true = (
+        8 * 64 * 128 * 64 * 9 + 16 * 128 * 64 * 32 * 9 + 32 * 256 * 32 * 16 * 9 + 64 * 512 * 16 * 9
+    )
+    deconv_report = (
+        16 * 128 * 128 * 64 * 9
+        + 32 * 256 * 64 * 32 * 9
+        + 64 * 512 * 32 * 16 * 9
+        + 128 * 1024 * 16 * 9
+    )
     assert macs["true"] == conv + linear + deconv_true == 252_706_816
     assert macs["report"] == conv + linear + deconv_report == 606_601_216
     assert round(macs["report"] / 1e9, 2) == 0.61  # the report's "0.61 GMACs"
@@ -232,7 +244,15 @@ def test_center_is_fixed_buffer() -> None:
     opt = torch.optim.AdamW(model.autoencoder.parameters(), lr=1e-2)
     clf = torch.optim.AdamW(model.domain_classifier.parameters(), lr=1e-2)
     x = torch.rand(4, 1, 32, 64)
-    train_step(model, x, torch.tensor([0, 1, 0, 1]), torch.tensor([False, True, False, True]), LossConfig(), opt, clf)
+    train_step(
+        model,
+        x,
+        torch.tensor([0, 1, 0, 1]),
+        torch.tensor([False, True, False, True]),
+        LossConfig(),
+        opt,
+        clf,
+    )
     assert torch.equal(model.center, before)
 
 
@@ -281,7 +301,9 @@ def test_scorer_exports_with_dynamic_batch() -> None:
     init_center(model, [torch.rand(4, 1, 32, 64)])
     scorer = model.scorer().eval()
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(scorer, (torch.rand(2, 1, 32, 64),), dynamic_shapes={"x": {0: batch}})
+    program = torch.export.export(
+        scorer, (torch.rand(2, 1, 32, 64),), dynamic_shapes={"x": {0: batch}}
+    )
     x = torch.rand(5, 1, 32, 64)
     with torch.no_grad():
         for a, b in zip(program.module()(x), scorer(x), strict=True):

@@ -71,7 +71,7 @@ def test_svdd_empty_batch_and_gradients_finite() -> None:
 
 
 def test_svdd_nu_is_used() -> None:
-    z = z_((1, 1),)  # distance 1
+    z = z_((1, 1))  # distance 1
     assert svdd_loss(z, C, mask(1), nu=5.0).item() == pytest.approx(4.0)
 
 
@@ -85,7 +85,9 @@ def test_svdd_accepts_integer_mask() -> None:
 
 def test_reconstruction_loss_normals_only() -> None:
     x = torch.zeros(3, 1, 2, 2)
-    x_hat = torch.stack([torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 0.9), torch.full((1, 2, 2), 0.1)])
+    x_hat = torch.stack(
+        [torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 0.9), torch.full((1, 2, 2), 0.1)]
+    )
     # normals are items 0 and 2: (0.25 + 0.01) / 2; the anomaly's 0.81 must not count
     assert reconstruction_loss(x, x_hat, mask(0, 1, 0)).item() == pytest.approx(0.13)
     assert reconstruction_loss(x, x_hat, mask(1, 1, 1)).item() == 0.0
@@ -114,7 +116,9 @@ def test_objective_total_and_switches() -> None:
     assert terms["adv"].item() == pytest.approx(math.log(2))
     assert terms["loss"].item() == pytest.approx(0.5 * 0.25 + 2.0 + math.log(2))
 
-    no_svdd = autoencoder_objective(z, x, x_hat, C, anomaly, LossConfig(use_svdd=False), logits, domain)
+    no_svdd = autoencoder_objective(
+        z, x, x_hat, C, anomaly, LossConfig(use_svdd=False), logits, domain
+    )
     assert no_svdd["svdd"].item() == 0.0
     assert no_svdd["loss"].item() == pytest.approx(0.5 * 0.25 + math.log(2))
     no_dann = autoencoder_objective(z, x, x_hat, C, anomaly, LossConfig(use_dann=False))
@@ -150,7 +154,14 @@ def test_every_parameter_gets_a_gradient() -> None:
     z, x_hat = model(x)
     # step 2: the whole Eq. 8, adversarial term through the GRL
     terms = autoencoder_objective(
-        z, x, x_hat, model.center, anomaly, LossConfig(), model.domain_logits(z, reverse=True), domain
+        z,
+        x,
+        x_hat,
+        model.center,
+        anomaly,
+        LossConfig(),
+        model.domain_logits(z, reverse=True),
+        domain,
     )
     terms["loss"].backward()
     for name, p in model.autoencoder.named_parameters():
@@ -185,7 +196,9 @@ def test_autoencoder_step_changes_only_autoencoder() -> None:
     logged = autoencoder_step(model, x, domain, anomaly, LossConfig(), opt)
     assert set(logged) == {"loss", "recon", "svdd", "svdd_normal", "svdd_anomaly", "adv"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in logged.values())
-    assert logged["loss"] == pytest.approx(0.5 * logged["recon"] + logged["svdd"] + logged["adv"], rel=1e-5)
+    assert logged["loss"] == pytest.approx(
+        0.5 * logged["recon"] + logged["svdd"] + logged["adv"], rel=1e-5
+    )
     assert changed(clf_before, model.domain_classifier) == set()
     assert changed(ae_before, model.autoencoder) == set(ae_before)
 
@@ -231,9 +244,19 @@ def test_steps_with_bf16_autocast_and_channels_last() -> None:
     clf = torch.optim.AdamW(model.domain_classifier.parameters(), lr=1e-3)
     before = snapshot(model.autoencoder)
     logged = train_step(
-        model, x, domain, anomaly, LossConfig(), ae, clf, autocast_dtype=torch.bfloat16, channels_last=True
+        model,
+        x,
+        domain,
+        anomaly,
+        LossConfig(),
+        ae,
+        clf,
+        autocast_dtype=torch.bfloat16,
+        channels_last=True,
     )
     assert all(math.isfinite(v) for v in logged.values())
     assert changed(before, model.autoencoder) == set(before)
-    logged = classifier_step(model, x, domain, clf, autocast_dtype=torch.bfloat16, channels_last=True)
+    logged = classifier_step(
+        model, x, domain, clf, autocast_dtype=torch.bfloat16, channels_last=True
+    )
     assert all(math.isfinite(v) for v in logged.values())

@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 from harken.training.sampler import StratifiedSampler
 
 
-def dcase_like(n_machines: int = 3, n_source: int = 99, n_target: int = 1) -> tuple[list[str], list[str]]:
+def dcase_like(
+    n_machines: int = 3, n_source: int = 99, n_target: int = 1
+) -> tuple[list[str], list[str]]:
     """DCASE proportions (990 : 10) scaled down, clips of machines interleaved."""
     machines, domains = [], []
     for m in range(n_machines):
@@ -23,7 +25,12 @@ def dcase_like(n_machines: int = 3, n_source: int = 99, n_target: int = 1) -> tu
     return machines, domains
 
 
-def stratum_counts(sampler: StratifiedSampler, pairs: list[tuple[int, bool]], machines: list[str], domains: list[str]) -> Counter:
+def stratum_counts(
+    sampler: StratifiedSampler,
+    pairs: list[tuple[int, bool]],
+    machines: list[str],
+    domains: list[str],
+) -> Counter:
     return Counter((machines[i], domains[i], "pseudo" if p else "normal") for i, p in pairs)
 
 
@@ -78,7 +85,12 @@ def test_pseudo_seeds_fraction_fixed_and_only_source_of_pseudo_draws() -> None:
     s = StratifiedSampler(machines, domains, pseudo_fraction=0.25, seed=5)
     seeds = np.nonzero(s.pseudo_seeds)[0]
     per_group = Counter((machines[i], domains[i]) for i in seeds)
-    assert per_group == {("m0", "source"): 10, ("m0", "target"): 1, ("m1", "source"): 10, ("m1", "target"): 1}
+    assert per_group == {
+        ("m0", "source"): 10,
+        ("m0", "target"): 1,
+        ("m1", "source"): 10,
+        ("m1", "target"): 1,
+    }
     for epoch in range(2):
         s.set_epoch(epoch)
         drawn = {i for i, p in s if p}
@@ -115,13 +127,18 @@ def test_deterministic_by_seed_and_epoch() -> None:
     assert list(a) != list(b)
     a.set_epoch(1)
     assert list(a) == list(b)
-    assert list(StratifiedSampler(machines, domains, seed=5)) != list(StratifiedSampler(machines, domains, seed=4))
+    assert list(StratifiedSampler(machines, domains, seed=5)) != list(
+        StratifiedSampler(machines, domains, seed=4)
+    )
 
 
 def test_ddp_ranks_are_disjoint_balanced_slices() -> None:
     machines, domains = dcase_like()
     world = 3
-    ranks = [StratifiedSampler(machines, domains, seed=7, world_size=world, rank=r, epoch_size=1000) for r in range(world)]
+    ranks = [
+        StratifiedSampler(machines, domains, seed=7, world_size=world, rank=r, epoch_size=1000)
+        for r in range(world)
+    ]
     for s in ranks:
         s.set_epoch(2)
     lengths = {len(s) for s in ranks}
@@ -190,13 +207,22 @@ def test_drives_a_dataloader() -> None:
     fraction=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
     epoch_size=st.integers(0, 300),
 )
-def test_balance_property(sizes: list[tuple[int, int]], world: int, fraction: float, epoch_size: int) -> None:
+def test_balance_property(
+    sizes: list[tuple[int, int]], world: int, fraction: float, epoch_size: int
+) -> None:
     machines, domains = [], []
     for m, (n_source, n_target) in enumerate(sizes):
         machines += [f"m{m}"] * (n_source + n_target)
         domains += ["source"] * n_source + ["target"] * n_target
     samplers = [
-        StratifiedSampler(machines, domains, pseudo_fraction=fraction, epoch_size=epoch_size, world_size=world, rank=r)
+        StratifiedSampler(
+            machines,
+            domains,
+            pseudo_fraction=fraction,
+            epoch_size=epoch_size,
+            world_size=world,
+            rank=r,
+        )
         for r in range(world)
     ]
     expected_strata = sum(1 + (t > 0) for _, t in sizes) * (2 if fraction > 0 else 1)

@@ -36,13 +36,23 @@ def _architecture(model_or_config: Any) -> tuple[list[int], int, int, int | None
     """(channels, latent_dim, in_channels, n_mels, frames) of a model or a ``ModelConfig``."""
     ae = getattr(model_or_config, "autoencoder", model_or_config)
     if hasattr(ae, "bottleneck_shape"):  # a ConvAutoencoder
-        return list(ae.channels), int(ae.latent_dim), int(ae.in_channels), int(ae.n_mels), int(ae.frames)
+        return (
+            list(ae.channels),
+            int(ae.latent_dim),
+            int(ae.in_channels),
+            int(ae.n_mels),
+            int(ae.frames),
+        )
     if hasattr(model_or_config, "channels") and hasattr(model_or_config, "latent_dim"):
         return list(model_or_config.channels), int(model_or_config.latent_dim), 1, None, None
-    raise TypeError(f"expected a CAEDANN, ConvAutoencoder or ModelConfig, got {type(model_or_config).__name__}")
+    raise TypeError(
+        f"expected a CAEDANN, ConvAutoencoder or ModelConfig, got {type(model_or_config).__name__}"
+    )
 
 
-def cae_macs(model_or_config: Any, n_mels: int | None = None, frames: int | None = None) -> dict[str, int]:
+def cae_macs(
+    model_or_config: Any, n_mels: int | None = None, frames: int | None = None
+) -> dict[str, int]:
     """MACs of one autoencoder forward (encoder + decoder) on an ``n_mels x frames`` input.
 
     Returns ``report`` and ``true`` (see the module docstring) and the parts they are made of:

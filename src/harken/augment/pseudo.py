@@ -96,7 +96,9 @@ class _Draw:
 
     def randint(self, lo: int, hi: int, *shape: int) -> Tensor:
         """Integers in ``[lo, hi]`` inclusive."""
-        out = torch.randint(lo, hi + 1, shape, generator=self.generator, device=self.generator.device)
+        out = torch.randint(
+            lo, hi + 1, shape, generator=self.generator, device=self.generator.device
+        )
         return out.to(self.device)
 
     def sign(self, *shape: int) -> Tensor:
@@ -254,10 +256,15 @@ class Clicks(Augmentation):
         mask = mask.scatter_reduce(1, pos, active, reduce="amax")
         mask = mask.scatter_reduce(1, (pos + 1).clamp(max=t - 1), wide, reduce="amax")
         ref = x.mean(dim=-1, keepdim=True)
-        tilt = draw.uniform(-10.0, 10.0, b)[:, None] * (
-            torch.linspace(-0.5, 0.5, m, device=x.device)[None, :]
+        tilt = (
+            draw.uniform(-10.0, 10.0, b)[:, None]
+            * (torch.linspace(-0.5, 0.5, m, device=x.device)[None, :])
         )
-        level = ref + (draw.uniform(4.0, 14.0, b)[:, None] + tilt)[:, :, None] + _strength_db(self.strength)
+        level = (
+            ref
+            + (draw.uniform(4.0, 14.0, b)[:, None] + tilt)[:, :, None]
+            + _strength_db(self.strength)
+        )
         click = level + draw.exponential_db(b, m, t)
         add = torch.where(mask[:, None, :] > 0, click, torch.full_like(click, -math.inf))
         return _db_add(x, add)
@@ -327,7 +334,9 @@ class PseudoAnomalyMaker:
     def __init__(self, names: Sequence[str], strength: float = 1.0) -> None:
         names = list(names)
         if not names:
-            raise ConfigError("augment.names is empty: pseudo-anomalies need at least one transform")
+            raise ConfigError(
+                "augment.names is empty: pseudo-anomalies need at least one transform"
+            )
         self.names = names
         self.transforms = [create_augmentation(name, strength) for name in names]
         self.strength = float(strength)

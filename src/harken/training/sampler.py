@@ -130,7 +130,9 @@ class StratifiedSampler(Sampler[tuple[int, bool]]):
                 self._members.append(seeds)
 
         n_strata = len(self.strata)
-        largest_normal = max(len(m) for s, m in zip(self.strata, self._members, strict=True) if s[2] == NORMAL)
+        largest_normal = max(
+            len(m) for s, m in zip(self.strata, self._members, strict=True) if s[2] == NORMAL
+        )
         wanted = epoch_size if epoch_size > 0 else n_strata * largest_normal
         self.blocks_per_rank = max(1, math.ceil(wanted / (n_strata * self.world_size)))
 

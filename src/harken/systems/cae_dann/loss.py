@@ -64,7 +64,11 @@ def svdd_terms(z: Tensor, center: Tensor, is_anomaly: Tensor, nu: float = 3.0) -
     dist = svdd_distance(z, center)
     normal_term = _masked_mean(dist, ~anomaly)
     anomaly_term = _masked_mean(torch.clamp(nu - dist, min=0.0), anomaly)
-    return {"svdd": normal_term + anomaly_term, "svdd_normal": normal_term, "svdd_anomaly": anomaly_term}
+    return {
+        "svdd": normal_term + anomaly_term,
+        "svdd_normal": normal_term,
+        "svdd_anomaly": anomaly_term,
+    }
 
 
 def reconstruction_loss(x: Tensor, x_hat: Tensor, is_anomaly: Tensor) -> Tensor:
@@ -117,16 +121,22 @@ def autoencoder_objective(
 # --------------------------------------------------------------------------- update steps
 
 
-def prepare_input(x: Tensor, device: torch.device | None = None, channels_last: bool = False) -> Tensor:
+def prepare_input(
+    x: Tensor, device: torch.device | None = None, channels_last: bool = False
+) -> Tensor:
     """Float32 on ``device``, in channels-last layout if asked (the model must match:
     ``model.to(memory_format=torch.channels_last)``)."""
-    x = x.to(device=device if device is not None else x.device, dtype=torch.float32, non_blocking=True)
+    x = x.to(
+        device=device if device is not None else x.device, dtype=torch.float32, non_blocking=True
+    )
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+def _autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -124,7 +124,10 @@ class ConvAutoencoder(nn.Module):
             nn.Flatten(1),
             nn.Linear(flat, latent_dim),
         )
-        blocks: list[nn.Module] = [nn.Linear(latent_dim, flat), nn.Unflatten(1, self.bottleneck_shape)]
+        blocks: list[nn.Module] = [
+            nn.Linear(latent_dim, flat),
+            nn.Unflatten(1, self.bottleneck_shape),
+        ]
         rev = widths[::-1]  # 128, 64, 32, 16, 1
         for i in range(len(channels)):
             blocks.append(_deconv(rev[i], rev[i + 1]))
@@ -153,7 +156,9 @@ class DomainClassifier(nn.Module):
     1 can feed detached latents through the very same module.
     """
 
-    def __init__(self, latent_dim: int = 128, hidden: int = 64, dropout: float = 0.5, n_domains: int = 2) -> None:
+    def __init__(
+        self, latent_dim: int = 128, hidden: int = 64, dropout: float = 0.5, n_domains: int = 2
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden),
@@ -192,12 +197,16 @@ class CAEDANN(nn.Module):
     ) -> None:
         super().__init__()
         self.autoencoder = ConvAutoencoder(n_mels, frames, channels, latent_dim, in_channels)
-        self.domain_classifier = DomainClassifier(latent_dim, domain_hidden, domain_dropout, n_domains)
+        self.domain_classifier = DomainClassifier(
+            latent_dim, domain_hidden, domain_dropout, n_domains
+        )
         self.grl_lambda = float(grl_lambda)
         self.register_buffer("center", torch.zeros(latent_dim))
 
     @classmethod
-    def from_config(cls, config: ModelConfig, n_mels: int, frames: int, n_domains: int = 2) -> CAEDANN:
+    def from_config(
+        cls, config: ModelConfig, n_mels: int, frames: int, n_domains: int = 2
+    ) -> CAEDANN:
         """Build from the ``model`` config section for ``n_mels x frames`` inputs."""
         return cls(
             n_mels=n_mels,
@@ -293,7 +302,9 @@ def init_center(
             raise ValueError("init_center: no inputs to compute the SVDD center from")
         center = guard_center(total[:-1] / count, float(eps))
         if not torch.isfinite(center).all():
-            raise ValueError("init_center: the mean latent is not finite (NaN/Inf in inputs or weights?)")
+            raise ValueError(
+                "init_center: the mean latent is not finite (NaN/Inf in inputs or weights?)"
+            )
         model.center.copy_(center.to(model.center.dtype))
     finally:
         model.train(was_training)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
+from harken.config import Config
 from harken.training.sampler import StratifiedSampler
 
 
@@ -163,6 +164,19 @@ def test_epoch_size_rounds_up_to_whole_blocks() -> None:
     s = StratifiedSampler(machines, domains, epoch_size=100, world_size=2, rank=0)
     assert len(s) == 5 * 12  # ceil(100 / (12 * 2)) = 5 blocks of 12 strata on each rank
     assert s.epoch_size == 2 * 5 * 12
+
+
+def test_from_config() -> None:
+    machines, domains = dcase_like(n_machines=2, n_source=20, n_target=2)
+    config = Config()
+    config.augment.fraction = 0.25
+    config.train.epoch_size = 48
+    config.train.seed = 9
+    s = StratifiedSampler.from_config(machines, domains, config, rank=1, world_size=2)
+    assert s.stratum_sizes()[("m0", "source", "pseudo")] == 5 and s.seed == 9
+    assert len(s) == 3 * 8 and s.rank == 1  # ceil(48 / (8 strata x 2 ranks)) = 3 blocks
+    config.loss.use_pseudo = False
+    assert StratifiedSampler.from_config(machines, domains, config).n_strata == 4
 
 
 def test_invalid_arguments() -> None:

@@ -56,6 +56,8 @@ from collections.abc import Hashable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from harken.config import Config
+
 NORMAL = "normal"
 PSEUDO = "pseudo"
 
@@ -135,6 +137,29 @@ class StratifiedSampler(Sampler[tuple[int, bool]]):
         )
         wanted = epoch_size if epoch_size > 0 else n_strata * largest_normal
         self.blocks_per_rank = max(1, math.ceil(wanted / (n_strata * self.world_size)))
+
+    @classmethod
+    def from_config(
+        cls,
+        machines: Sequence[Hashable],
+        domains: Sequence[Hashable],
+        config: Config,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> StratifiedSampler:
+        """Sampler for a run: ``augment.fraction``, ``loss.use_pseudo``, ``train.epoch_size``
+        and ``train.seed`` from ``config``."""
+        return cls(
+            machines,
+            domains,
+            pseudo_fraction=config.augment.fraction,
+            use_pseudo=config.loss.use_pseudo,
+            epoch_size=config.train.epoch_size,
+            seed=config.train.seed,
+            rank=rank,
+            world_size=world_size,
+        )
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -53,12 +53,14 @@ def evaluate_directory(
     ground_truth: str | Path | GroundTruth,
     *,
     name: str | None = None,
+    with_evaluator_ci95: bool = True,
 ) -> EvaluationResult:
     """Evaluate the official-format score (and decision) files in ``scores_dir``.
 
     ``ground_truth``: a path (organizers' layout or labelled dataset root, detected) or an
     already loaded :data:`GroundTruth`.  Every machine/section of the ground truth needs a score
     file and every score file needs ground truth.  Decisions are optional, but all or none.
+    ``with_evaluator_ci95`` reproduces the evaluator's "official score ci95" line as well.
     """
     scores_dir = Path(scores_dir)
     gt = ground_truth if isinstance(ground_truth, dict) else load_ground_truth(ground_truth)
@@ -97,7 +99,11 @@ def evaluate_directory(
         entry = files[key]
         scores, decisions = read_submission(entry)
         sections.append(_join(gt[key], scores, decisions, str(entry.scores)))
-    return evaluate_sections(sections, name=scores_dir.name if name is None else name)
+    return evaluate_sections(
+        sections,
+        name=scores_dir.name if name is None else name,
+        with_evaluator_ci95=with_evaluator_ci95,
+    )
 
 
 def _join(
@@ -148,7 +154,10 @@ _DOMAINS = {"source": SOURCE, "target": TARGET, None: NO_DOMAIN, 0: SOURCE, 1: T
 
 
 def evaluate_arrays(
-    records: Iterable[ScoreRecord | tuple[Any, ...]], *, name: str = ""
+    records: Iterable[ScoreRecord | tuple[Any, ...]],
+    *,
+    name: str = "",
+    with_evaluator_ci95: bool = False,
 ) -> EvaluationResult:
     """Evaluate in-memory scores: one record (machine, section, file name, domain, label,
     score[, decision]) per test clip.
@@ -214,7 +223,7 @@ def evaluate_arrays(
             )
         )
     try:
-        return evaluate_sections(sections, name=name)
+        return evaluate_sections(sections, name=name, with_evaluator_ci95=with_evaluator_ci95)
     except ValueError as exc:
         raise ScoreFileError(str(exc)) from None
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import sklearn
 from sklearn.metrics import roc_auc_score
 
 #: double-precision machine epsilon: the evaluator's floor for denominators and harmonic means
@@ -47,16 +48,24 @@ ROW_METRICS = ("auc", "pauc", "precision", "recall", "f1")
 
 
 # --------------------------------------------------------------------------- scalar metrics
+def _roc_auc(labels: np.ndarray, scores: np.ndarray, max_fpr: float | None) -> float:
+    y = np.asarray(labels)
+    x = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("scores must be finite")
+    # Inputs are checked here; skipping scikit-learn's re-validation halves the per-call cost.
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        return float(roc_auc_score(y, x, max_fpr=max_fpr))
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve; ties between a normal and an anomalous clip count half."""
-    return float(roc_auc_score(np.asarray(labels), np.asarray(scores, dtype=np.float64)))
+    return _roc_auc(labels, scores, None)
 
 
 def pauc(labels: np.ndarray, scores: np.ndarray, max_fpr: float = MAX_FPR) -> float:
     """McClish-standardised partial AUC up to ``max_fpr`` (0.5 for a constant score)."""
-    return float(
-        roc_auc_score(np.asarray(labels), np.asarray(scores, dtype=np.float64), max_fpr=max_fpr)
-    )
+    return _roc_auc(labels, scores, max_fpr)
 
 
 def precision_recall_f1(labels: np.ndarray, decisions: np.ndarray) -> tuple[float, float, float]:
@@ -97,7 +106,7 @@ def amean(values: Any, axis: int = 0) -> Any:
 def fast_roc_auc(
     labels: np.ndarray, scores: np.ndarray, max_fpr: float | None = None
 ) -> np.ndarray:
-    """ROC AUC (or McClish pAUC) of every row of ``scores`` against one label vector.
+    """ROC AUC (or McClish pAUC) of every row of ``scores`` against its labels.
 
     Equals ``roc_auc_score(labels, row, max_fpr=max_fpr)`` for each row (to rounding), ties
     included: the ROC curve gets a vertex only at the end of each group of equal scores, so it
@@ -106,21 +115,35 @@ def fast_roc_auc(
     bootstrap needs thousands of AUCs per section and scikit-learn's per-call overhead would
     dominate; all rows are sorted and integrated at once.
 
-    ``labels``: shape (n,), 1/True = anomalous.  ``scores``: shape (n,) or (B, n).
+    ``labels``: shape (n,) or (B, n), 1/True = anomalous.  ``scores``: shape (n,) or (B, n).
     Returns shape (B,) (a 1-element array for 1-D input).
     """
     y = np.asarray(labels).astype(bool)
     s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
-    n = y.shape[0]
-    if s.shape[1] != n:
-        raise ValueError(f"scores have {s.shape[1]} columns, labels {n}")
-    n_pos = int(y.sum())
+    n = s.shape[1]
+    if y.shape[-1] != n or y.ndim > 2 or (y.ndim == 2 and y.shape[0] != s.shape[0]):
+        raise ValueError(f"labels of shape {y.shape} do not fit scores of shape {s.shape}")
+    y2 = np.broadcast_to(y, s.shape)
+    n_pos = y2.sum(axis=1, keepdims=True).astype(np.float64)
     n_neg = n - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if (n_pos == 0).any() or (n_neg == 0).any():
         raise ValueError("ROC AUC needs both normal and anomalous clips")
     order = np.argsort(-s, axis=1, kind="stable")
     sorted_scores = np.take_along_axis(s, order, axis=1)
-    sorted_pos = y[order]
+    sorted_pos = np.take_along_axis(y2, order, axis=1)
+    return _sorted_roc_area(sorted_scores, sorted_pos, n_pos, n_neg, max_fpr)
+
+
+def _sorted_roc_area(
+    sorted_scores: np.ndarray,
+    sorted_pos: np.ndarray,
+    n_pos: np.ndarray,
+    n_neg: np.ndarray,
+    max_fpr: float | None,
+) -> np.ndarray:
+    """:func:`fast_roc_auc` on rows already sorted by decreasing score."""
+    s = sorted_scores
+    n = s.shape[1]
     tp = np.cumsum(sorted_pos, axis=1, dtype=np.float64)
     fp = np.arange(1, n + 1, dtype=np.float64)[None, :] - tp
     # Index of the last member of each position's tied group: only there is a ROC vertex.
@@ -145,6 +168,71 @@ def fast_roc_auc(
     area += np.sum(np.where(cross, (c - x0) * (y0 + y_cut) / 2.0, 0.0), axis=1)
     min_area = 0.5 * c**2
     return 0.5 * (1.0 + (area - min_area) / (c - min_area))
+
+
+def evaluator_ci95(labels: np.ndarray, scores: np.ndarray, *, chunk: int = 256) -> float:
+    """The evaluator's "official score ci95" line, reproduced (it is *not* a CI of the score).
+
+    All clips pooled; for the pooled AUC and the pooled pAUC, the N leave-one-out values v_i,
+    s = sqrt(sum((v_i - mean v)^2) / (N (N - 1))), ci = |t_{0.025, N-1}| * s; the mean of the
+    two.  Spreading the leave-one-out values over N (N - 1) makes it ~N - 1 times smaller than
+    a jackknife error, hence values near 1e-5.  Kept only so that every figure of the
+    evaluator's output can be matched; :mod:`harken.evaluation.bootstrap` gives real intervals.
+    Cost O(N^2 log N), in row chunks so memory stays O(chunk * N).
+    """
+    from scipy import stats
+
+    y = np.asarray(labels).astype(bool)
+    x = np.asarray(scores, dtype=np.float64)
+    n = y.shape[0]
+    n_pos = int(y.sum())
+    n_neg = n - n_pos
+    if n_pos < 2 or n_neg < 2:
+        raise ValueError("needs at least two normal and two anomalous clips")
+    loo_auc = _leave_one_out_auc(y, x, n_pos, n_neg)
+    # pAUC: leaving a clip out keeps the others in order, so sort once and drop one position
+    # per row; only the sorted prefix up to just past FPR 0.1 can affect the partial area.
+    order = np.argsort(-x, kind="stable")
+    xs, ys = x[order], y[order]
+    fp_global = np.cumsum(~ys)
+    first_past = int(np.searchsorted(fp_global, MAX_FPR * n_neg + 2.0))
+    width = n - 1
+    if first_past < n:
+        group_last = first_past + int(np.sum(xs[first_past:] == xs[first_past])) - 1
+        width = min(n - 1, group_last + 2)
+    loo_pauc = np.empty(n)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        cols = np.arange(width)[None, :]
+        idx = cols + (cols >= rows[:, None])  # row r: sorted positions but r, first `width`
+        row_pos = np.full((len(rows), 1), float(n_pos)) - ys[rows][:, None]
+        loo_pauc[rows] = _sorted_roc_area(xs[idx], ys[idx], row_pos, (n - 1) - row_pos, MAX_FPR)
+    # loo_pauc[r] is for the clip at sorted position r; the statistic ignores the order.
+    cis = []
+    for loo in (loo_auc, loo_pauc):
+        se = np.sqrt(np.sum((loo - loo.mean()) ** 2) / (n * (n - 1)))
+        cis.append(abs(float(stats.t.ppf(0.025, n - 1))) * se)
+    return float(np.mean(cis))
+
+
+def _leave_one_out_auc(y: np.ndarray, x: np.ndarray, n_pos: int, n_neg: int) -> np.ndarray:
+    """Full AUC without each clip in turn, from counts (ties half), in O(n log n)."""
+    neg_sorted = np.sort(x[~y])
+    pos_sorted = np.sort(x[y])
+    # For an anomaly: normals it beats (+ half the tied ones); for a normal: anomalies above it.
+    below = np.searchsorted(neg_sorted, x, side="left")
+    tied_neg = np.searchsorted(neg_sorted, x, side="right") - below
+    above = n_pos - np.searchsorted(pos_sorted, x, side="right")
+    tied_pos = np.searchsorted(pos_sorted, x, side="right") - np.searchsorted(
+        pos_sorted, x, side="left"
+    )
+    wins = np.where(y, below + 0.5 * tied_neg, 0.0)
+    u = float(np.sum(wins))
+    return np.where(
+        y,
+        (u - (below + 0.5 * tied_neg)) / ((n_pos - 1) * n_neg),
+        (u - (above + 0.5 * tied_pos)) / (n_pos * (n_neg - 1)),
+    )
 
 
 # --------------------------------------------------------------------------- per-section data
@@ -366,6 +454,8 @@ class EvaluationResult:
     machines: dict[str, dict[str, float | None]]
     has_decisions: bool
     name: str = ""
+    #: the evaluator's "official score ci95" line (see :func:`evaluator_ci95`); None if not computed
+    official_score_ci95: float | None = None
     bootstrap: Any = None
     data: list[SectionData] = field(default_factory=list, repr=False)
 
@@ -399,6 +489,7 @@ class EvaluationResult:
         for k in (
             "official_score",
             "official_score_amean",
+            "official_score_ci95",
             "auc_source_hmean",
             "auc_target_hmean",
             "auc_source_amean",
@@ -450,8 +541,14 @@ def table_figures(values: dict[tuple[str, str], dict[str, Any]]) -> dict[str, An
     return out
 
 
-def evaluate_sections(sections: Sequence[SectionData], *, name: str = "") -> EvaluationResult:
-    """All figures of a system from its per-section data (the function every entry point uses)."""
+def evaluate_sections(
+    sections: Sequence[SectionData], *, name: str = "", with_evaluator_ci95: bool = False
+) -> EvaluationResult:
+    """All figures of a system from its per-section data (the function every entry point uses).
+
+    ``with_evaluator_ci95`` also reproduces the evaluator's "official score ci95" line (O(N^2
+    log N) in the number of clips, hence optional; it is no confidence interval of the score).
+    """
     if not sections:
         raise ValueError("nothing to evaluate: no sections")
     ordered = sorted(sections, key=lambda s: (s.machine, s.section))
@@ -489,7 +586,13 @@ def evaluate_sections(sections: Sequence[SectionData], *, name: str = "") -> Eva
             entry[metric] = reduce(hmean, vals)
         entry["hmean"] = hmean([v for r in rs for v in r.official_values()])
         machines[machine] = entry
+    ci95 = None
+    if with_evaluator_ci95:
+        pooled_labels = np.concatenate([s.labels for s in ordered])
+        if 2 <= pooled_labels.sum() <= len(pooled_labels) - 2:
+            ci95 = evaluator_ci95(pooled_labels, np.concatenate([s.scores for s in ordered]))
     return EvaluationResult(
+        official_score_ci95=ci95,
         sections=results,
         official_score=figures["official_score"],
         official_score_amean=amean(official_values),

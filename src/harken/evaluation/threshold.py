@@ -11,13 +11,14 @@ cases safe, because a NaN threshold would silently decide "normal" for every cli
 
 * fewer than 3 distinct finite scores (e.g. a constant score): no distribution can be fitted;
   the empirical ``q`` quantile is returned, with a warning;
-* scores that are not all positive (log-likelihood scores, standardised / fused scores): the
-  gamma support starts at ``loc`` and the optimiser's start guess is poor there, so the fit is
-  made on the scores shifted to start just above 0 (min - 1/n of the range) and the threshold
-  shifted back.  A fitted gamma has a free ``loc``, so this is the same family, only a
-  better-conditioned fit;
-* the fit fails, or gives a non-finite threshold or one below the scores' minimum or far
-  beyond their range: the empirical ``q`` quantile, with a warning;
+* scores that are not all positive (log-likelihood, standardised or fused scores) or of an
+  extreme scale (1e-9, 1e9): scipy's optimiser fails there although the gamma family with free
+  ``loc`` and ``scale`` covers them, so the fit is made on the scores shifted to start just
+  above 0 and divided by their standard deviation, and the threshold mapped back;
+* a fit is accepted only if it is finite and leaves about ``q`` of the training scores below
+  it (within max(0.05, 3 binomial standard errors)); the baseline's direct fit is tried first
+  (so ordinary positive scores get exactly the baseline's threshold), then the standardised
+  one, and if neither is plausible the empirical ``q`` quantile, with a warning;
 * non-finite scores are left out with a warning (if none are left, ValueError).
 
 The function takes scores only: no labels and no test clips can reach it.
@@ -62,29 +63,41 @@ def fit_gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
             stacklevel=2,
         )
         return empirical
+    # 1. the baseline's own call, when its assumptions (positive scores) hold;
+    # 2. the same fit on scores shifted to start just above 0 and divided by their standard
+    #    deviation (the gamma family with free loc/scale is closed under this, the optimiser
+    #    is not: it fails on scales like 1e9 or on negative scores);
+    # 3. the empirical quantile.
+    # A fit is accepted only if about q of the training scores fall below its threshold.
     lo, hi = float(finite.min()), float(finite.max())
     span = hi - lo
-    shift = 0.0
-    if lo <= 0.0:
-        # Start the support just below the data: the fit is invariant to the shift, the
-        # optimiser is not.
-        shift = lo - span / finite.size
-    threshold = _gamma_ppf(finite - shift, q)
-    if threshold is not None:
-        threshold += shift
-    if (
-        threshold is None
-        or not np.isfinite(threshold)
-        or not (lo - span <= threshold <= hi + 10.0 * span)
-    ):
-        warnings.warn(
-            f"gamma fit to {finite.size} training scores unusable (threshold {threshold!r}); "
-            f"using the empirical {q} quantile",
-            ThresholdWarning,
-            stacklevel=2,
+    tolerance = max(0.05, 3.0 * float(np.sqrt(q * (1.0 - q) / finite.size)))
+
+    def plausible(t: float | None) -> bool:
+        return (
+            t is not None
+            and bool(np.isfinite(t))
+            and lo - span <= t <= hi + 10.0 * span
+            and abs(float(np.mean(finite <= t)) - q) <= tolerance
         )
-        return empirical
-    return float(threshold)
+
+    if lo > 0.0:
+        threshold = _gamma_ppf(finite, q)
+        if plausible(threshold):
+            return float(threshold)  # type: ignore[arg-type]
+    shift = lo - span / finite.size if lo <= 0.0 else 0.0
+    scale = float(np.std(finite - shift)) or 1.0
+    standardized = _gamma_ppf((finite - shift) / scale, q)
+    threshold = None if standardized is None else standardized * scale + shift
+    if plausible(threshold):
+        return float(threshold)  # type: ignore[arg-type]
+    warnings.warn(
+        f"gamma fit to {finite.size} training scores unusable (threshold {threshold!r}); "
+        f"using the empirical {q} quantile",
+        ThresholdWarning,
+        stacklevel=2,
+    )
+    return empirical
 
 
 def _gamma_ppf(values: np.ndarray, q: float) -> float | None:

@@ -1,8 +1,8 @@
 """Anomaly-detection systems, found through one registry.
 
 Adding a system is one new module with a function decorated by :func:`register_system` that
-returns a :class:`~harken.systems.base.Detector`; add the module name to ``_BUILTIN`` so it
-is imported on first use.
+returns a :class:`~harken.systems.base.Detector`; add its name and module to ``_BUILTIN`` so
+it is imported on first use.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from harken.systems.base import Detector
 
 _REGISTRY: dict[str, Callable[[Config], Detector]] = {}
-_BUILTIN = (
-    "harken.systems.cae_dann.system",
-    "harken.systems.ae_baseline.system",
-    "harken.systems.aum.system",
-)
-_loaded = False
+# built-in system name -> module that registers it (imported on first use of that name)
+_BUILTIN = {
+    "cae-dann": "harken.systems.cae_dann.system",
+    "ae-baseline": "harken.systems.ae_baseline.system",
+    "ae-baseline-mahala": "harken.systems.ae_baseline.system",
+    "aum": "harken.systems.aum.system",
+}
 
 
 def register_system(name: str) -> Callable[[Callable[[Config], Detector]], Callable[[Config], Detector]]:
@@ -36,21 +37,15 @@ def register_system(name: str) -> Callable[[Callable[[Config], Detector]], Calla
     return decorator
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if not _loaded:
-        for module in _BUILTIN:
-            importlib.import_module(module)
-        _loaded = True
-
-
 def list_systems() -> list[str]:
-    _load_builtins()
+    for module in set(_BUILTIN.values()):
+        importlib.import_module(module)
     return sorted(_REGISTRY)
 
 
 def create_system(name: str, config: Config) -> Detector:
-    _load_builtins()
+    if name not in _REGISTRY and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
     if name not in _REGISTRY:
         raise ConfigError(f"unknown system {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](config)

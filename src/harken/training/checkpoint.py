@@ -28,9 +28,9 @@ def versions() -> dict[str, str]:
     import numpy
 
     return {
-        "harken": harken.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "harken": str(harken.__version__),
+        "torch": str(torch.__version__),
+        "numpy": str(numpy.__version__),
         "python": platform.python_version(),
     }
 
@@ -38,10 +38,38 @@ def versions() -> dict[str, str]:
 def save_checkpoint(path: str | Path, payload: dict[str, Any], *, kind: str) -> None:
     """Atomically write ``payload`` with the format header and versions."""
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "versions": versions()}
-    data.update(payload)
+    data.update(plain(payload))
     buffer = io.BytesIO()
     torch.save(data, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def plain(obj: Any) -> Any:
+    """Tensors and plain Python data only, so the weights-only unpickler accepts the file.
+
+    numpy arrays become tensors, numpy scalars Python numbers, str/int/float subclasses
+    (``torch.__version__`` is one) their base type, tuples lists.
+    """
+    import numpy as np
+
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {plain(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    for base in (int, float, str):
+        if isinstance(obj, base):
+            return base(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"checkpoint payload holds a {type(obj).__name__}, which weights-only loading refuses")
 
 
 def load_checkpoint(path: str | Path, *, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -151,7 +151,7 @@ class Detector(abc.ABC):
             stats = self._stats_for(clip.machine, clip.section)
             fused[i] = sum(
                 w * (raw.scores[k][i] - stats[k][0]) / stats[k][1]
-                for w, k in zip(weights, self.score_kinds)
+                for w, k in zip(weights, self.score_kinds, strict=True)
             ) / max(sum(weights), 1e-12)
         raw.scores["fused"] = fused
         return raw

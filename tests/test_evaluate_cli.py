@@ -497,3 +497,21 @@ def test_every_section_row_of_the_csv_round_trips_the_figures():
     assert np.isclose(
         float(next(r[6] for r in rows if r[5] == "official_score")), result.official_score
     )
+
+
+def test_dcase2020_names_give_a_domainless_ground_truth(tmp_path: Path):
+    test_dir = tmp_path / "data" / "fan" / "test"
+    test_dir.mkdir(parents=True)
+    clips = {
+        "normal_id_02_00000000.wav": 0.1,
+        "normal_id_02_00000001.wav": 0.4,
+        "anomaly_id_02_00000000.wav": 0.3,
+        "anomaly_id_02_00000001.wav": 0.9,
+    }
+    for name in clips:
+        (test_dir / name).touch()
+    write_submission(tmp_path / "scores", "fan", "02", list(clips), list(clips.values()))
+    result = evaluate_directory(tmp_path / "scores", tmp_path / "data")
+    sec = result.section("fan", "02")
+    assert sec.auc_source == 0.75 and sec.auc_target is None
+    assert format_table(result).count("-  ") >= 1  # the absent AUC-T is shown as "-"

@@ -23,10 +23,15 @@ _EXPORTS = {
     "read_decisions": "harken.evaluation.submission",
     "write_submission": "harken.evaluation.submission",
     "fit_gamma_threshold": "harken.evaluation.threshold",
+    "BootstrapResult": "harken.evaluation.bootstrap",
+    "PairedComparison": "harken.evaluation.bootstrap",
     "bootstrap_ci": "harken.evaluation.bootstrap",
     "compare_systems": "harken.evaluation.bootstrap",
     "format_table": "harken.evaluation.tables",
     "write_tables": "harken.evaluation.tables",
+    "to_json_obj": "harken.evaluation.tables",
+    "ThresholdWarning": "harken.evaluation.threshold",
+    "GroundTruthSection": "harken.evaluation.groundtruth",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,7 +23,7 @@ equal to scikit-learn, ties and ``max_fpr`` included) that the bootstrap needs f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -399,13 +399,12 @@ def _domain_values(result: MachineResult, metric: str, slot: str | None) -> list
     """A metric's per-domain values of one section (``slot`` None: both domains)."""
     if metric == "pauc":
         return [result.pauc]
-    name = "auc" if metric == "auc" else metric
     slots = ("source", "target") if slot is None else (slot,)
-    values = [getattr(result, f"{name}_{s}") for s in slots]
+    values = [getattr(result, f"{metric}_{s}") for s in slots]
     return [v for v in values if v is not None]
 
 
-def _row(values_of: Any) -> SummaryRow:
+def _row(values_of: Callable[[str], float | None]) -> SummaryRow:
     row = SummaryRow()
     for metric in ROW_METRICS:
         values = values_of(metric)
@@ -451,7 +450,7 @@ class EvaluationResult:
     pauc_amean: float
     auc_amean: float | None
     overall: dict[str, SummaryRow]
-    machines: dict[str, dict[str, float | None]]
+    machines: dict[str, dict[str, Any]]
     has_decisions: bool
     name: str = ""
     #: the evaluator's "official score ci95" line (see :func:`evaluator_ci95`); None if not computed
@@ -577,10 +576,10 @@ def evaluate_sections(
         "target_hmean": _row(lambda m: reduce(hmean, over(m, "target"))),
     }
     official_values = [v for r in results for v in r.official_values()]
-    machines: dict[str, dict[str, float | None]] = {}
+    machines: dict[str, dict[str, Any]] = {}
     for machine in sorted({r.machine for r in results}):
         rs = [r for r in results if r.machine == machine]
-        entry: dict[str, float | None] = {"n_sections": len(rs)}
+        entry: dict[str, Any] = {"n_sections": len(rs)}
         for metric in TABLE_METRICS:
             vals = [getattr(r, metric) for r in rs if getattr(r, metric) is not None]
             entry[metric] = reduce(hmean, vals)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from harken.config import BaselineConfig, Config
-from harken.systems import create_system, list_systems
+from harken.systems import create_system
 from harken.systems.ae_baseline.system import (
     AEBaseline,
     AEBaselineMahala,
@@ -213,7 +213,8 @@ def test_split_is_seeded_and_clip_level() -> None:
 
 
 def test_registered() -> None:
-    assert {"ae-baseline", "ae-baseline-mahala"} <= set(list_systems())
+    # create_system imports only the module registering the name asked for (list_systems
+    # would import every built-in system).
     assert isinstance(create_system("ae-baseline", Config()), AEBaseline)
     det = create_system("ae-baseline-mahala", Config())
     assert isinstance(det, AEBaselineMahala) and det.decision_kind == "mahalanobis"

@@ -188,7 +188,8 @@ class AEBaseline(Detector):
                 progress=progress,
             )
             for i, mel in zip(idx, mels, strict=True):
-                out[i] = self._official_scale(np.asarray(mel, dtype=np.float32))
+                # A writable copy, independent of the cache's memory-mapped file.
+                out[i] = self._official_scale(np.array(mel, dtype=np.float32))
                 if out[i].shape[1] < self.baseline.n_frames:
                     raise AudioError(
                         f"clip too short for the baseline: {out[i].shape[1]} frames, "
@@ -339,7 +340,7 @@ class AEBaseline(Detector):
         """All score kinds of one clip's log-mel, plus per-vector scores of each kind."""
         model = self.models[machine]
         model.eval()
-        mel = torch.as_tensor(np.asarray(logmel, dtype=np.float32))
+        mel = torch.as_tensor(np.array(logmel, dtype=np.float32))
         vectors = stack_frames(mel, self.baseline.n_frames)
         residuals = []
         for start in range(0, len(vectors), _SCORE_CHUNK):

@@ -65,8 +65,11 @@ class FrameBank:
         owners: list[Tensor] = []
         offset = 0
         for i, mel in enumerate(logmels):
-            t = torch.as_tensor(
-                np.asarray(mel, dtype=np.float32) if isinstance(mel, np.ndarray) else mel
+            # A copy: cache entries arrive as read-only memory maps.
+            t = (
+                torch.as_tensor(np.array(mel, dtype=np.float32))
+                if isinstance(mel, np.ndarray)
+                else mel
             )
             t = t.to(torch.float32)
             n_vec = t.shape[1] - self.n_frames + 1

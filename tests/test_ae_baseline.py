@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from harken.systems.ae_baseline.torch_model import (
     selective_mahalanobis,
     stack_frames,
 )
+from harken.systems.base import Detector
 
 
 def official_vectors(logmel: np.ndarray, n_frames: int) -> np.ndarray:
@@ -223,7 +225,7 @@ def test_registered() -> None:
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def fitted(synth_root):  # noqa: ANN001, ANN201 - pytest fixture
+def fitted(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Detector, list]:
     from harken.data.dataset import discover
 
     clips = discover(synth_root)
@@ -231,11 +233,13 @@ def fitted(synth_root):  # noqa: ANN001, ANN201 - pytest fixture
     config.baseline = replace(config.baseline, epochs=2, batch_size=256)
     config.train = replace(config.train, device="cpu")
     det = create_system("ae-baseline-mahala", config)
+    det.cache_dir = tmp_path_factory.mktemp("ae-baseline-cache")  # never the user's cache
     det.fit(clips, progress=False)
     return det, clips
 
 
-def test_end_to_end_fit_and_score(fitted) -> None:  # noqa: ANN001
+@pytest.mark.slow
+def test_end_to_end_fit_and_score(fitted: tuple[Detector, list]) -> None:
     det, clips = fitted
     machines = sorted({c.machine for c in clips})
     assert sorted(det.models) == machines
@@ -252,7 +256,8 @@ def test_end_to_end_fit_and_score(fitted) -> None:  # noqa: ANN001
     assert set(np.unique(decisions)) <= {0, 1}
 
 
-def test_state_round_trip_and_mse_system(fitted, tmp_path) -> None:  # noqa: ANN001
+@pytest.mark.slow
+def test_state_round_trip_and_mse_system(fitted: tuple[Detector, list]) -> None:
     det, clips = fitted
     test = [c for c in clips if c.split == "test"][:6]
     buffer = io.BytesIO()
@@ -260,11 +265,13 @@ def test_state_round_trip_and_mse_system(fitted, tmp_path) -> None:  # noqa: ANN
     buffer.seek(0)
     payload = torch.load(buffer, weights_only=True)  # tensors and plain data only
     clone = type(det).from_state_dict(payload)
+    clone.cache_dir = det.cache_dir
     before, after = det.score_clips(test), clone.score_clips(test)
     for kind in ("mahalanobis", "mse"):
         np.testing.assert_allclose(after.scores[kind], before.scores[kind], rtol=1e-6)
     # The MSE system scores the same networks by mean squared error alone.
     mse = create_system("ae-baseline", det.config)
+    mse.cache_dir = det.cache_dir
     mse._load_state(payload["state"])
     out = mse.score_clips(test)
     assert list(out.scores) == ["mse"]

@@ -6,6 +6,7 @@ import io
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from harken.systems import create_system
 from harken.systems.ae_baseline.system import (
     AEBaseline,
     AEBaselineMahala,
+    _machine_seed,
     baseline_feature_config,
     split_train_val,
 )
@@ -204,6 +206,35 @@ def test_no_target_training_clips_uses_source_covariance() -> None:
     bank = FrameBank([rng.standard_normal((4, 10)).astype(np.float32) for _ in range(3)], 5)
     det._fit_covariances("fan", det.models["fan"], bank, ["source"] * 3)
     torch.testing.assert_close(det.covariances["fan"]["target"], det.covariances["fan"]["source"])
+
+
+@pytest.mark.parametrize("selection", ["last", "best"])
+def test_model_selection(selection: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = Config()
+    config.baseline = replace(
+        config.baseline, n_mels=4, hidden=8, bottleneck=2, epochs=6, batch_size=16, lr=0.1
+    )
+    config.train = replace(config.train, device="cpu")
+    det = AEBaselineMahala(config)
+    det.selection = selection
+    rng = np.random.default_rng(6)
+    mels = [rng.standard_normal((4, 30)).astype(np.float32) * 5 for _ in range(10)]
+    monkeypatch.setattr(det, "clip_features", lambda clips, progress: mels)
+    clips = [
+        SimpleNamespace(machine="fan", domain="source" if i < 8 else "target") for i in range(10)
+    ]
+    det._fit(clips, run_dir=None, progress=False, resume=False)  # type: ignore[arg-type]
+    val_losses = [h["val_loss"] for h in det.history_]
+    # lr 0.1 makes the validation loss jump about, so the best epoch is not the last one.
+    assert len(val_losses) == 6 and all(np.isfinite(val_losses))
+    assert int(np.argmin(val_losses)) < 5
+    _, val_idx = split_train_val(
+        10, config.baseline.val_fraction, _machine_seed(config.train.seed, "fan")
+    )
+    final = det._mean_mse(det.models["fan"], FrameBank([mels[i] for i in val_idx], 5))
+    expected = min(val_losses) if selection == "best" else val_losses[-1]
+    assert final == pytest.approx(expected, rel=1e-5)
+    assert set(det.covariances["fan"]) == {"source", "target"}
 
 
 def test_split_is_seeded_and_clip_level() -> None:

@@ -222,6 +222,14 @@ class AEBaseline(Detector):
     def _fit(
         self, clips: Sequence[Clip], *, run_dir: Path | None, progress: bool, resume: bool
     ) -> None:
+        """One autoencoder per machine type, trained from scratch.
+
+        ``resume`` is accepted and ignored: a machine type trains in minutes on a GPU, so an
+        interrupted run retrains (the official ``--restart`` resumes from a per-epoch
+        checkpoint instead).
+        """
+        if self.selection not in ("last", "best"):
+            raise ConfigError(f"selection must be 'last' or 'best', got {self.selection!r}")
         by_machine: dict[str, list[Clip]] = {}
         for clip in clips:
             by_machine.setdefault(clip.machine, []).append(clip)

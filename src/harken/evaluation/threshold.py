@@ -77,7 +77,7 @@ def fit_gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
         return (
             t is not None
             and bool(np.isfinite(t))
-            and lo - span <= t <= hi + 10.0 * span
+            and lo - span <= t <= hi + span
             and abs(float(np.mean(finite <= t)) - q) <= tolerance
         )
 

@@ -30,6 +30,7 @@ import argparse
 import csv
 import functools
 import io
+import json
 import logging
 import math
 import os
@@ -46,7 +47,7 @@ from typing import Any
 import numpy as np
 import scipy.fft as sfft
 
-from harken.atomic import atomic_write_bytes, atomic_write_text
+from harken.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from harken.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -1025,6 +1026,40 @@ def _attributes_csv(
     return buf.getvalue()
 
 
+_MARKER = ".harken-synth.json"
+#: Bumped whenever rendering changes, so that a re-run re-renders instead of keeping old clips.
+SYNTH_VERSION = 1
+
+
+def _read_marker(mdir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((mdir / _MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _up_to_date(mdir: Path, params: dict[str, Any], expected: int) -> bool:
+    """The folder holds a complete earlier rendering with these exact parameters."""
+    marker = _read_marker(mdir)
+    if not marker or not marker.get("complete") or marker.get("params") != params:
+        return False
+    csv_path = mdir / "attributes_00.csv"
+    try:
+        with open(csv_path, encoding="utf-8", newline="") as fh:
+            names = [row[0] for row in list(csv.reader(fh))[1:] if row]
+    except OSError:
+        return False
+    return len(names) == expected and all((mdir.parent / name).is_file() for name in names)
+
+
+def _clear(mdir: Path) -> None:
+    for sub in ("train", "test"):
+        if (mdir / sub).is_dir():
+            shutil.rmtree(mdir / sub)
+    (mdir / "attributes_00.csv").unlink(missing_ok=True)
+
+
 def synthesize(
     out: str | Path,
     *,
@@ -1043,8 +1078,12 @@ def synthesize(
     """Write a synthetic data set under ``out`` in the DCASE 2025 layout and return ``out``.
 
     ``n_test`` clips go in each of the four test cells (source/target x normal/anomaly).
-    A machine folder that already holds files is refused unless ``overwrite`` (then its clips and
-    attributes CSV are replaced), so a smaller re-run can never leave stale clips behind.
+
+    Re-runs are cheap and safe: each machine folder gets a hidden ``.harken-synth.json`` marker
+    (discovery skips hidden files).  A folder already holding a complete rendering with the same
+    parameters is kept as is; one rendered with other parameters (or interrupted) is cleared
+    and rendered again, so a smaller re-run never leaves stale clips behind.  A non-empty folder
+    *without* the marker is someone else's data and is refused unless ``overwrite``.
     ``workers > 1`` renders in processes; the bytes do not depend on it.
     """
     out = Path(out)
@@ -1073,23 +1112,39 @@ def synthesize(
     if strength < 0 or not math.isfinite(strength):
         raise ConfigError(f"strength must be >= 0, got {strength!r}")
 
+    params = {
+        "version": SYNTH_VERSION,
+        "seed": int(seed),
+        "n_train_source": int(n_train_source),
+        "n_train_target": int(n_train_target),
+        "n_test": int(n_test),
+        "duration": float(duration),
+        "sample_rate": int(sample_rate),
+        "strength": float(strength),
+    }
+    per_machine_total = int(n_train_source) + int(n_train_target) + 4 * int(n_test)
+    todo: list[str] = []
     for m in machines:
         mdir = out / m
-        if mdir.exists() and any(mdir.iterdir()):
-            if not overwrite:
+        if mdir.is_dir() and any(mdir.iterdir()):
+            if _up_to_date(mdir, params, per_machine_total):
+                log.info("%s: up to date (same parameters), kept", mdir)
+                continue
+            if _read_marker(mdir) is None and not overwrite:
                 raise DatasetError(
-                    "folder is not empty; pass overwrite=True (--overwrite) to replace it",
+                    "folder holds files harken synth did not write; pass overwrite=True "
+                    "(--overwrite) to replace its clips",
                     path=mdir,
                 )
-            for sub in ("train", "test"):
-                if (mdir / sub).is_dir():
-                    shutil.rmtree(mdir / sub)
-            (mdir / "attributes_00.csv").unlink(missing_ok=True)
+            _clear(mdir)
         for sub in ("train", "test"):
             (mdir / sub).mkdir(parents=True, exist_ok=True)
+        # claim the folder before the first clip, so an interrupted run is recognised as ours
+        atomic_write_json(mdir / _MARKER, {"complete": False, "params": params})
+        todo.append(m)
 
     jobs: list[_Job] = []
-    for m in machines:
+    for m in todo:
         cells = [
             ("train", "source", "normal", n_train_source),
             ("train", "target", "normal", n_train_target),
@@ -1116,7 +1171,7 @@ def synthesize(
     bar = _progress(len(jobs), progress)
     results: list[tuple[str, str, tuple[tuple[str, str], ...]]] = []
     try:
-        if workers > 1:
+        if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
                 for r in pool.map(_render_job, jobs, chunksize=8):
                     results.append(r)
@@ -1129,19 +1184,21 @@ def synthesize(
         bar(0, close=True)
 
     per_machine: dict[str, list[tuple[str, str, tuple[tuple[str, str], ...]]]] = {
-        m: [] for m in machines
+        m: [] for m in todo
     }
     for job, r in zip(jobs, results, strict=True):
         per_machine[job.machine].append(r)
     for m, rows in per_machine.items():
         atomic_write_text(out / m / "attributes_00.csv", _attributes_csv(m, rows))
-    log.info(
-        "wrote %d clips of %d machine type(s) to %s in %.1f s",
-        len(jobs),
-        len(machines),
-        out,
-        time.perf_counter() - started,
-    )
+        atomic_write_json(out / m / _MARKER, {"complete": True, "params": params})
+    if jobs:
+        log.info(
+            "wrote %d clips of %d machine type(s) to %s in %.1f s",
+            len(jobs),
+            len(todo),
+            out,
+            time.perf_counter() - started,
+        )
     return out
 
 
@@ -1234,7 +1291,9 @@ def register(subparsers: Any) -> None:
         "--workers", type=int, default=1, help="render in this many processes (default 1)"
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace machine folders that already hold files"
+        "--overwrite",
+        action="store_true",
+        help="replace the clips of machine folders that hold files harken synth did not write",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -134,10 +134,14 @@ class TrainConfig:
     epoch_size: int = 0
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    precision: str = "fp32"  # "fp32" | "bf16"
+    # "auto": bf16 autocast on CUDA devices with bf16, fp32 elsewhere (CPU bf16 without
+    # AVX512-BF16/AMX is emulated and slower; docs/SPEED.md).
+    precision: str = "auto"  # "auto" | "fp32" | "bf16"
     channels_last: bool = False
     compile: bool = False
     num_workers: int = 0
+    # torch intra-op threads (also ONNX Runtime's when scoring); 0 keeps PyTorch's default.
+    threads: int = 0
     # DDP BatchNorm: per-rank statistics with rank 0's buffers broadcast (default), or SyncBatchNorm.
     sync_batchnorm: bool = False
     include_supplemental: bool = True
@@ -150,6 +154,11 @@ class ScoreConfig:
     fused_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
     # Decision threshold: quantile of a gamma distribution fitted to training-clip scores.
     threshold_quantile: float = 0.9
+    # Window scoring (test, score, validation): "auto" runs ONNX Runtime on the CPU when it is
+    # installed (fastest there, benchmarks/RESULTS.md) and torch otherwise; see harken.speed.
+    backend: str = "auto"  # "auto" | "torch" | "onnxruntime"
+    batch_size: int = 64  # windows per forward pass
+    precision: str = "auto"  # as train.precision; reduced precision runs on the torch backend
 
 
 @dataclass

@@ -63,10 +63,15 @@ def train_run(
     train = [c for c in clips if c.split in ("train", "supplemental") and c.label == "normal"]
     if not config.train.include_supplemental:
         train = [c for c in train if c.split == "train"]
-    detector.fit(train, run_dir=run_dir, progress=progress and info.is_main, resume=resume)
-    if info.is_main:
-        save_detector(run_dir / "model.pt", detector)
-        log.info("wrote %s", run_dir / "model.pt")
+    finished = False
+    try:
+        detector.fit(train, run_dir=run_dir, progress=progress and info.is_main, resume=resume)
+        if info.is_main:  # under DDP every rank holds the same model; one writes it
+            save_detector(run_dir / "model.pt", detector)
+            log.info("wrote %s", run_dir / "model.pt")
+        finished = True
+    finally:
+        D.teardown(info, wait=finished)
     return detector
 
 

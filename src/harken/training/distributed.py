@@ -8,10 +8,15 @@ Backend: NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -39,14 +44,29 @@ def setup(device_kind: str) -> DistInfo:
         world_size=int(os.environ["WORLD_SIZE"]),
     )
     if not dist.is_initialized():
-        backend = "nccl" if device_kind == "cuda" else "gloo"
+        cuda = device_kind.startswith("cuda") or (device_kind == "auto" and torch.cuda.is_available())
+        backend = "nccl" if cuda else "gloo"
         dist.init_process_group(backend=backend)
     return info
 
 
-def teardown(info: DistInfo) -> None:
+def current() -> DistInfo:
+    """The initialized process group's ranks; a single-process DistInfo when there is none."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return DistInfo()
+    return DistInfo(
+        rank=dist.get_rank(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        world_size=dist.get_world_size(),
+    )
+
+
+def teardown(info: DistInfo, *, wait: bool = True) -> None:
+    """Destroy the process group; ``wait`` first meets the other ranks at a barrier (skip it
+    after an error: the other ranks may never get there, and torchrun stops them anyway)."""
     if info.enabled and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -64,6 +84,36 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     return holder[0]
 
 
+def all_gather_object(obj: object, info: DistInfo) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without DDP)."""
+    if not info.enabled:
+        return [obj]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard_map(fn: Callable[[list[T]], list[R]], items: Sequence[T], info: DistInfo) -> list[R]:
+    """``fn(items)`` computed in slices: rank ``r`` maps ``items[r::world_size]``, and every
+    rank gets the whole result in the original order (``fn(list(items))`` without DDP)."""
+    if not info.enabled:
+        return fn(list(items))
+    n, world = len(items), info.world_size
+    part = fn([items[i] for i in range(info.rank, n, world)])
+    merged: list[Any] = [None] * n
+    for rank, results in enumerate(all_gather_object(part, info)):
+        for i, r in zip(range(rank, n, world), results, strict=True):  # type: ignore[call-overload]
+            merged[i] = r
+    return merged
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics, the SVDD center) to every rank."""
+    if info.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
@@ -77,5 +127,7 @@ def resolve_device(requested: str, info: DistInfo) -> torch.device:
         requested = f"cuda:{info.local_rank}"
     device = torch.device(requested)
     if device.type == "cuda":
+        if device.index is None:  # set_device() refuses an index-less device
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device

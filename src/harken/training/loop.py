@@ -39,11 +39,12 @@ from tqdm.auto import tqdm
 from harken.atomic import atomic_open
 from harken.augment.pseudo import PseudoAnomalyMaker
 from harken.config import Config
-from harken.errors import DatasetError
+from harken.errors import CheckpointError, DatasetError
 from harken.evaluation.threshold import fit_gamma_threshold
 from harken.features.scaling import Scaler, ScalerModule
 from harken.features.windows import center_crop, fit_length
 from harken.scoring import score_spectrograms
+from harken.speed import set_threads
 from harken.systems.cae_dann.loss import train_step
 from harken.systems.cae_dann.torch_model import CAEDANN, CAEScorer, init_center
 from harken.training import distributed as D
@@ -90,20 +91,44 @@ class ScaledScorer(torch.nn.Module):
         return self.scorer(self.scale(x_db).unsqueeze(1))
 
 
-def window_scorer(model: CAEDANN, scaler: Scaler, channels_last: bool = False):
-    """A :data:`harken.scoring.WindowScorer` for ``model`` in eval mode."""
-    module = ScaledScorer(model, scaler).to(next(model.parameters()).device)
-    module.eval()
+def window_scorer(
+    model: CAEDANN,
+    scaler: Scaler,
+    channels_last: bool = True,
+    *,
+    backend: str = "torch",
+    precision: str = "fp32",
+    device: torch.device | str | None = None,
+):
+    """A :data:`harken.scoring.WindowScorer` for ``model`` in eval mode.
 
-    def score(x_db: torch.Tensor) -> dict[str, torch.Tensor]:
-        recon, svdd = module(x_db)
-        return {"reconstruction": recon, "svdd": svdd}
+    The scorer works on a copy (BatchNorm folded; or an ONNX Runtime session with
+    ``backend="onnxruntime"``/``"auto"``): later changes to ``model`` do not reach it, and
+    ``model``'s training mode is left alone.  See :func:`harken.speed.build_window_scorer`.
+    """
+    from harken.speed import build_window_scorer
 
-    return score
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    module = ScaledScorer(model, scaler)
+    example = torch.zeros(1, model.autoencoder.n_mels, model.autoencoder.frames)
+    return build_window_scorer(
+        module, CAEScorer.output_names, example,
+        device=device, backend=backend, precision=precision, channels_last=channels_last,
+    )
 
 
-def _autocast_dtype(precision: str) -> torch.dtype | None:
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def config_window_scorer(model: CAEDANN, scaler: Scaler, config: Config, device: torch.device | str | None = None):
+    """:func:`window_scorer` with the ``score`` section's backend and precision."""
+    sc = config.score
+    return window_scorer(model, scaler, backend=sc.backend, precision=sc.precision, device=device)
+
+
+def _autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
+    from harken.speed import autocast_dtype
+
+    return autocast_dtype(precision, device)
+
+
 
 
 def _seed_everything(seed: int, epoch: int) -> None:
@@ -124,7 +149,8 @@ def train_cae(
     tc, lc = config.train, config.loss
     info = D.setup("cuda" if tc.device.startswith("cuda") or (tc.device == "auto" and torch.cuda.is_available()) else "cpu")
     device = D.resolve_device(tc.device, info)
-    autocast_dtype = _autocast_dtype(tc.precision)
+    set_threads(tc.threads)
+    autocast_dtype = _autocast_dtype(tc.precision, device)
     main = info.is_main
 
     # ---------------------------------------------------------------- data
@@ -181,7 +207,17 @@ def train_cae(
     ckpt_path = None if run_dir is None else Path(run_dir) / "checkpoints" / f"{tag}-last.pt"
     start_epoch, history = 0, []
     best = {"auc": -math.inf, "epoch": -1, "state": None, "thresholds": {}}
-    if resume and ckpt_path is not None and ckpt_path.exists():
+    resuming = resume and ckpt_path is not None and ckpt_path.exists()
+    if info.enabled and resume:
+        seen = D.all_gather_object(resuming, info)
+        if any(seen) and not all(seen):
+            missing = [r for r, ok in enumerate(seen) if not ok]
+            raise CheckpointError(
+                f"--resume under DDP: rank(s) {missing} cannot read the checkpoint; the run "
+                "directory must be on a file system that every node shares",
+                path=ckpt_path,
+            )
+    if resuming:
         state = load_checkpoint(ckpt_path, kind="training", map_location=device)["training"]
         model.load_state_dict(state["model"])
         ae_opt.load_state_dict(state["ae_opt"])
@@ -203,6 +239,10 @@ def train_cae(
         ids = [device.index] if device.type == "cuda" else None
         autoencoder = DDP(model.autoencoder, device_ids=ids)
         classifier = DDP(model.domain_classifier, device_ids=ids)
+    if tc.compile:
+        # After the DDP wrap (DDP's graph-break optimizer splits at bucket boundaries).  Compile
+        # time is paid in the first steps; docs/SPEED.md says when it pays.
+        autoencoder = torch.compile(autoencoder)
 
     writer = _tensorboard(run_dir, tag) if (main and tc.log_tensorboard and run_dir is not None) else None
     scale = ScalerModule(scaler).to(device)
@@ -240,9 +280,13 @@ def train_cae(
         bar.close()
         train_time = time.perf_counter() - t0
 
-        val_auc, val_scores = _validate(model, scaler, val_specs, val_labels, config, device)
+        D.broadcast_buffers(model, info)  # rank 0's BatchNorm statistics everywhere (the model it saves)
+        val_auc, val_scores = _validate(model, scaler, val_specs, val_labels, config, device, info)
         val_auc = float(D.broadcast_object(val_auc, info))
         metric = val_auc if not math.isnan(val_auc) else -float(sums.get("loss", 0.0) / max(n_steps, 1))
+        # Every rank must step its schedulers and pick the best epoch on the same number (the
+        # loss fallback differs per rank), or the ranks' learning rates drift apart.
+        metric = float(D.broadcast_object(metric, info))
         ae_sched.step(metric)
         clf_sched.step(metric)
         row = {"tag": tag, "epoch": epoch + 1, **{k: v / max(n_steps, 1) for k, v in sums.items()}}
@@ -346,10 +390,15 @@ def _decision_values(scores: dict[str, np.ndarray], labels: np.ndarray, kind: st
     return np.mean(parts, axis=0)
 
 
-def _validate(model, scaler, specs, labels, config, device) -> tuple[float, dict[str, np.ndarray]]:
+def _validate(model, scaler, specs, labels, config, device, info: D.DistInfo | None = None) -> tuple[float, dict[str, np.ndarray]]:
     if not specs:
         return float("nan"), {}
-    results = score_spectrograms(specs, window_scorer(model, scaler), config.window, device=device)
+    scorer = config_window_scorer(model, scaler, config, device)
+
+    def score(part: list[np.ndarray]) -> list[Any]:
+        return score_spectrograms(part, scorer, config.window, batch_size=config.score.batch_size, device=device)
+
+    results = D.shard_map(score, specs, info or D.DistInfo())  # under DDP each rank scores a slice
     scores = {k: np.array([r.aggregate(config.window.aggregate)[k] for r in results]) for k in results[0].windows}
     values = _decision_values(scores, labels, config.score.kind)
     if len(set(labels.tolist())) < 2 or not np.all(np.isfinite(values)):

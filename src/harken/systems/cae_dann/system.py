@@ -23,8 +23,9 @@ from harken.scoring import SpectrogramScores, score_spectrograms
 from harken.systems import register_system
 from harken.systems.base import ClipScores, Detector
 from harken.systems.cae_dann.torch_model import CAEDANN
-from harken.training.distributed import DistInfo, resolve_device
-from harken.training.loop import model_args, train_cae, window_scorer
+from harken.training import distributed as D
+from harken.training.distributed import resolve_device
+from harken.training.loop import config_window_scorer, model_args, train_cae
 
 GENERALIZED = "all"
 
@@ -41,10 +42,21 @@ class FeatureSystem(Detector):
     cache_dir: Path | None = None
 
     def feature_cache(self) -> FeatureCache:
-        return FeatureCache(self.cache_dir or default_cache_dir(), self.config.audio, self.config.features)
+        # Missing features are computed on the training device (the log-mel runs on the GPU
+        # when there is one); entries are stored on disk either way.
+        device = resolve_device(self.config.train.device, D.current())
+        return FeatureCache(self.cache_dir or default_cache_dir(), self.config.audio, self.config.features, device=device)
 
     def clip_features(self, clips: Sequence[Any], *, progress: bool) -> list[np.ndarray]:
-        return self.feature_cache().build([c.path for c in clips], workers=self.config.train.num_workers, progress=progress)
+        # Under DDP the first rank of each node fills the (node-local or shared) cache while the
+        # others wait, so no entry is computed twice; the others then read it.
+        info = D.current()
+        if info.enabled and info.local_rank != 0:
+            D.barrier(info)
+        features = self.feature_cache().build([c.path for c in clips], workers=self.config.train.num_workers, progress=progress)
+        if info.enabled and info.local_rank == 0:
+            D.barrier(info)
+        return features
 
     def waveform_features(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Log-mel of in-memory waveforms (field use, the service): no cache."""
@@ -89,15 +101,24 @@ class CAEDANNSystem(FeatureSystem):
         return machine if machine in self.models else GENERALIZED if GENERALIZED in self.models else next(iter(self.models))
 
     def score_spectrograms(self, specs: Sequence[np.ndarray], machines: Sequence[str]) -> list[SpectrogramScores]:
-        """Window scores of dB log-mel spectrograms, each with the model of its machine type."""
-        device = resolve_device(self.config.train.device, DistInfo())
+        """Window scores of dB log-mel spectrograms, each with the model of its machine type.
+
+        Under DDP (calibration at the end of training) each rank scores every
+        ``world_size``-th spectrogram and the results are gathered, so all ranks return all.
+        """
+        pairs = list(zip(specs, machines, strict=True))
+        return D.shard_map(lambda part: self._score_local([s for s, _ in part], [m for _, m in part]), pairs, D.current())
+
+    def _score_local(self, specs: Sequence[np.ndarray], machines: Sequence[str]) -> list[SpectrogramScores]:
+        device = resolve_device(self.config.train.device, D.current())
         out: list[SpectrogramScores | None] = [None] * len(specs)
         for tag in self.models:
             idx = [i for i, m in enumerate(machines) if self._group(m) == tag]
             if not idx:
                 continue
             model = self.models[tag].to(device).eval()
-            scores = score_spectrograms([specs[i] for i in idx], window_scorer(model, self.scalers[tag]), self.config.window, device=device)
+            scorer = config_window_scorer(model, self.scalers[tag], self.config, device)
+            scores = score_spectrograms([specs[i] for i in idx], scorer, self.config.window, batch_size=self.config.score.batch_size, device=device)
             for i, s in zip(idx, scores, strict=True):
                 out[i] = s
         return [s for s in out if s is not None]

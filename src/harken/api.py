@@ -62,13 +62,14 @@ def as_clips(
     machine: str | None = None,
     section: str | int | None = None,
     errors: str = "raise",
-) -> tuple[list[Any], list[ClipScore]]:
-    """What to score: ``(clips, failures)`` from a dataset root, paths, folders or Clip objects.
+) -> list[Any]:
+    """What to score, in input order, from a dataset root, paths, folders or Clip objects.
 
     A single folder that holds a DCASE/MIMII dataset layout means its *test* clips (as
     ``harken test`` scores them); any other folder is searched recursively for WAV/FLAC files.
     Clip objects pass through unchanged.  With ``errors="keep"`` a path that cannot be scored
-    (missing, or a name giving no machine type) becomes a failure record instead of an error.
+    (missing, or a name giving no machine type) becomes a failed :class:`ClipScore` in its
+    place instead of an error; :func:`score_clips` passes those through.
     """
     if isinstance(items, (str, Path)):
         root = Path(items)
@@ -78,28 +79,27 @@ def as_clips(
                 test = [c for c in dataset if c.split == "test"]
                 if not test:
                     raise DatasetError("dataset has no test clips to score", path=root)
-                return _override(test, machine, section), []
+                return _override(test, machine, section)
         items = [items]
-    clips: list[Any] = []
-    failures: list[ClipScore] = []
-    paths: list[str | Path] = []
+    out: list[Any] = []
     for item in items:
         if isinstance(item, (str, Path)):
-            paths.append(item)
+            for path, problem in collect_audio_files([item]):
+                try:
+                    if problem is not None:
+                        raise AudioError(problem, path=path)
+                    out.append(field_clip(path, machine=machine, section=section))
+                except HarkenError as exc:
+                    if errors == "raise":
+                        raise
+                    out.append(ClipScore.failed(str(path), error_text(exc)))
+        elif isinstance(item, ClipScore):
+            out.append(item)
         elif hasattr(item, "machine") and hasattr(item, "section") and hasattr(item, "path"):
-            clips.extend(_override([item], machine, section))
+            out.extend(_override([item], machine, section))
         else:
             raise TypeError(f"cannot score {type(item).__name__}: pass file paths, folders or Clip objects")
-    for path, problem in collect_audio_files(paths):
-        try:
-            if problem is not None:
-                raise AudioError(problem, path=path)
-            clips.append(field_clip(path, machine=machine, section=section))
-        except HarkenError as exc:
-            if errors == "raise":
-                raise
-            failures.append(ClipScore.failed(str(path), error_text(exc)))
-    return clips, failures
+    return out
 
 
 def _dataset_clips(root: Path) -> list[Any] | None:
@@ -137,10 +137,21 @@ def score_clips(detector: Any, clips: Sequence[Any], *, chunk: int = CHUNK) -> l
 
     Audio is read and checked file by file, so one truncated or non-audio file is reported
     and the others are still scored; scoring itself is batched ``chunk`` files at a time.
+    Failed records already among ``clips`` (from :func:`as_clips`) keep their place.
     """
+    todo = [c for c in clips if not isinstance(c, ClipScore)]
+    scored = iter(_score_chunks(detector, todo, chunk))
+    return [c if isinstance(c, ClipScore) else next(scored) for c in clips]
+
+
+def _score_chunks(detector: Any, clips: list[Any], chunk: int) -> list[ClipScore]:
     results: list[ClipScore] = []
     for start in range(0, len(clips), chunk):
         part = list(clips[start : start + chunk])
+        cached = _from_cache(detector, part)
+        if cached is not None:
+            results.extend(cached)
+            continue
         waves: list[np.ndarray | None] = []
         failures: dict[int, ClipScore] = {}
         for i, clip in enumerate(part):
@@ -157,6 +168,29 @@ def score_clips(detector: Any, clips: Sequence[Any], *, chunk: int = CHUNK) -> l
         by_index = dict(zip(good, scored, strict=True))
         results.extend(failures.get(i) or by_index[i] for i in range(len(part)))
     return results
+
+
+def _from_cache(detector: Any, part: list[Any]) -> list[ClipScore] | None:
+    """Dataset clips (``Clip`` records) through the system's feature cache, as ``harken test``.
+
+    A data set is scored again and again (``decision_function`` then ``predict``): its
+    features are cached like the training features.  Loose field files are read directly
+    instead (seen once; no cache entries to pile up).  None when this does not apply or a
+    file fails, so the file-by-file path reports which one.
+    """
+    from harken.data.audio import audio_info
+    from harken.data.dataset import Clip
+
+    if not part or not supports_waveforms(detector) or not hasattr(detector, "clip_features"):
+        return None
+    if not all(isinstance(c, Clip) for c in part):
+        return None
+    try:
+        specs = [np.asarray(s, dtype=np.float32) for s in detector.clip_features(part, progress=False)]
+        durations: list[float | None] = [audio_info(c.path).duration for c in part]
+    except (HarkenError, OSError, ValueError):
+        return None
+    return score_spectrograms(detector, part, specs, durations)
 
 
 def _load(detector: Any, clip: Any) -> np.ndarray:
@@ -268,8 +302,8 @@ def _window_values(detector: Any, clip: Any, windows: Any, kind: str) -> np.ndar
     from harken.systems.base import ClipScores
 
     n = len(next(iter(windows.values())))
-    as_clips = ClipScores(clips=[clip] * n, scores={k: np.asarray(v, dtype=np.float64) for k, v in windows.items()})
-    return np.asarray(detector._with_fused(as_clips).scores[kind], dtype=np.float64)
+    posing = ClipScores(clips=[clip] * n, scores={k: np.asarray(v, dtype=np.float64) for k, v in windows.items()})
+    return np.asarray(detector._with_fused(posing).scores[kind], dtype=np.float64)
 
 
 def _window_seconds(detector: Any) -> float | None:
@@ -366,7 +400,7 @@ class AnomalyDetector:
         if isinstance(X, (str, Path)) and Path(X).is_dir() and _dataset_clips(Path(X)) is not None:
             clips = discover_clips(X)
         else:
-            found, _ = as_clips(X if not isinstance(X, (str, Path)) else [X], machine=machine, section=section)
+            found = as_clips(X if not isinstance(X, (str, Path)) else [X], machine=machine, section=section)
             clips = [
                 c if not isinstance(c, FieldClip) else FieldClip(c.path, c.machine, c.section, c.name, c.domain, "train", "normal")
                 for c in found
@@ -413,8 +447,7 @@ class AnomalyDetector:
         if errors not in ("raise", "keep"):
             raise ValueError(f"errors must be 'raise' or 'keep', got {errors!r}")
         detector = self._fitted()
-        clips, failures = as_clips(X, machine=machine, section=section, errors=errors)
-        results = failures + score_clips(detector, clips)
+        results = score_clips(detector, as_clips(X, machine=machine, section=section, errors=errors))
         if errors == "raise":
             for r in results:
                 if not r.ok:
@@ -457,14 +490,21 @@ class AnomalyDetector:
         return path / "model.pt"
 
     @classmethod
-    def load(cls, path: str | Path) -> AnomalyDetector:
-        """A fitted estimator from a run folder or model file (``harken train``'s or ``save``'s)."""
+    def load(cls, path: str | Path, *, cache_dir: str | Path | None = None) -> AnomalyDetector:
+        """A fitted estimator from a run folder or model file (``harken train``'s or ``save``'s).
+
+        ``cache_dir`` is where features of dataset clips are cached (default as ``harken
+        test``: ``$HARKEN_CACHE_DIR`` or ``~/.cache/harken/features``).
+        """
         detector = load_run(path)
-        est = cls(detector.config, detector.name)
+        if cache_dir is not None:
+            detector.cache_dir = Path(cache_dir)
+        est = cls(detector.config, detector.name, cache_dir=cache_dir)
         est.detector_ = detector
         return est
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v is not None and v is not False)
+        shown = {k: (f"<Config system={v.system}>" if isinstance(v, Config) else repr(v)) for k, v in self.get_params().items()}
+        params = ", ".join(f"{k}={v}" for k, v in shown.items() if v not in ("None", "False"))
         return f"AnomalyDetector({params})"
 

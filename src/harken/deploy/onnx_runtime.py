@@ -95,6 +95,9 @@ class OnnxScorer:
 
         results = []
         for clip in clips:
+            if isinstance(clip, ClipScore):  # failed earlier (as_clips): keeps its place
+                results.append(clip)
+                continue
             name = clip.name if isinstance(clip, FieldClip) else str(clip.path)
             try:
                 wave = load_audio(clip.path, self.audio)

@@ -71,9 +71,9 @@ def _score_torch(args: argparse.Namespace) -> tuple[list[ClipScore], dict[str, A
     from harken.api import as_clips, load_run, score_clips
 
     detector = load_run(args.run)
-    clips, failures = as_clips(list(args.paths), machine=args.machine, section=args.section, errors="keep")
+    clips = as_clips(list(args.paths), machine=args.machine, section=args.section, errors="keep")
     _warn_unknown_machines(clips, {k.split("/")[0] for k in detector.threshold_ if "/" in k})
-    results = _in_input_order(failures, score_clips(detector, clips), args.paths)
+    results = score_clips(detector, clips)
     window = detector.config.window
     seconds = detector.config.features.hop_length / detector.config.audio.sample_rate
     meta = {
@@ -94,9 +94,9 @@ def _score_onnx(args: argparse.Namespace) -> tuple[list[ClipScore], dict[str, An
     from harken.deploy.onnx_runtime import OnnxScorer
 
     scorer = OnnxScorer(args.onnx)
-    clips, failures = as_clips(list(args.paths), machine=args.machine, section=args.section, errors="keep")
+    clips = as_clips(list(args.paths), machine=args.machine, section=args.section, errors="keep")
     _warn_unknown_machines(clips, set(scorer.machine_types))
-    results = _in_input_order(failures, scorer.score_clips(clips), args.paths)
+    results = scorer.score_clips(clips)
     meta = {
         "harken_version": harken.__version__,
         "backend": "onnxruntime",
@@ -111,25 +111,8 @@ def _score_onnx(args: argparse.Namespace) -> tuple[list[ClipScore], dict[str, An
     return results, meta
 
 
-def _in_input_order(failures: list[ClipScore], scored: list[ClipScore], paths: list[str]) -> list[ClipScore]:
-    """Failures interleaved where their argument was, so the table follows the command line."""
-    if not failures:
-        return scored
-    everything = failures + scored
-    order = {str(Path(p)): i for i, p in enumerate(paths)}
-
-    def rank(r: ClipScore) -> tuple[int, str]:
-        path = Path(r.source)
-        for candidate in (path, *path.parents):
-            if str(candidate) in order:
-                return order[str(candidate)], r.source
-        return len(order), r.source
-
-    return sorted(everything, key=rank)
-
-
 def _warn_unknown_machines(clips: list[Any], known: set[str]) -> None:
-    unknown = sorted({c.machine for c in clips} - known)
+    unknown = sorted({c.machine for c in clips if not isinstance(c, ClipScore)} - known)
     if unknown and known:
         print(
             f"harken score: warning: machine type(s) {', '.join(unknown)} not among the model's "

@@ -173,16 +173,16 @@ def test_frame_count(samples):
 @pytest.mark.parametrize("stft", ["fft", "conv"])
 def test_batch_equals_per_clip(stft):
     rng = np.random.default_rng(2)
-    batch = torch.from_numpy((0.1 * rng.standard_normal((5, 3 * SR))).astype(np.float32))
+    batch = torch.from_numpy((0.1 * rng.standard_normal((4, 2 * SR))).astype(np.float32))
     module = LogMel(FeatureConfig(), SR, stft=stft)
     with torch.inference_mode():
         together = module(batch)
-        one_by_one = torch.cat([module(batch[i : i + 1]) for i in range(5)])
+        one_by_one = torch.cat([module(batch[i : i + 1]) for i in range(4)])
         single = module(batch[3])
-    assert together.shape == (5, 128, 1 + 3 * SR // 156)
+    assert together.shape == (4, 128, 1 + 2 * SR // 156)
     torch.testing.assert_close(together, one_by_one, atol=1e-4, rtol=0)
     # A 1-D waveform is a batch of one.
-    assert single.shape == (1, 128, 1 + 3 * SR // 156)
+    assert single.shape == (1, 128, 1 + 2 * SR // 156)
     torch.testing.assert_close(single[0], together[3], atol=1e-4, rtol=0)
 
 

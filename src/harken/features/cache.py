@@ -8,7 +8,7 @@ every system, so each clip's features are computed once and kept as one ``.npy``
 
 * The *content key* is a BLAKE2b digest of the audio file's bytes, not its path or mtime:
   renaming or copying a data set keeps its cache, and a file whose bytes change gets new
-  features.  Within one process the digest is remembered per (path, size, mtime, inode), and
+  features.  Within one process the digest is remembered per (path, size, mtime, ctime, inode), and
   only for files last modified more than :data:`RACY_SECONDS` before they were hashed, so a
   rewrite inside the file system's timestamp granularity is never missed (git's "racy clean"
   rule).
@@ -30,15 +30,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,7 @@ class FeatureCache:
         self.device = torch.device(device)
         self.stft = stft
         self._logmel: LogMel | None = None
-        self._digests: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        self._digests: dict[str, tuple[tuple[int, ...], str]] = {}
         self._lock = threading.Lock()
         #: entries this instance computed (and wrote); a cache hit leaves it unchanged
         self.computed = 0
@@ -147,7 +147,8 @@ class FeatureCache:
             raise AudioError("no such file", path=path) from None
         except OSError as exc:
             raise AudioError(f"cannot read the file ({exc.strerror or exc})", path=path) from None
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        # ctime too: unlike mtime it cannot be set back by a copy tool or os.utime.
+        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
         with self._lock:
             known = self._digests.get(name)
         if known is not None and known[0] == sig:
@@ -179,19 +180,28 @@ class FeatureCache:
     ) -> list[np.ndarray]:
         """Features of every file in ``paths`` (same order), computing the missing ones.
 
-        ``workers=0`` computes in this process: torch already spreads each STFT over its
-        intra-op threads, and one background thread decodes the next clips meanwhile.
-        ``workers=N`` uses N spawned processes (one torch thread each) that decode, compute and
-        write whole entries; worth it when decoding dominates (resampling, FLAC) or with more
-        cores than torch's STFT uses well.  Measured on 2 cores in ``benchmarks/RESULTS.md``.
-        Clips of equal length are batched ``batch_size`` at a time through :class:`LogMel`.
+        On CPU, ``workers`` threads (0: one per usable core, at most 8) each decode, compute
+        and write whole clips, with torch single-threaded for the duration of the build (its
+        thread count is restored afterwards; other threads of this process running torch
+        meanwhile run single-threaded too).  Data parallelism over clips needs no
+        synchronisation per operation; on the shared 2-core benchmark machine it built 3.5x
+        faster than a 2-process pool and several times faster than one thread driving torch's
+        intra-op threads, whose per-operation barriers stall whenever another process holds a
+        core (``benchmarks/RESULTS.md``).  Each task batches up to ``batch_size``
+        equal-length clips through :class:`LogMel`.
+
+        On a GPU (``device``), this thread sends batches of ``batch_size`` equal-length clips
+        to the device while ``workers`` threads (0: 2) decode ahead.
         """
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        on_cpu = self.device.type == "cpu"
+        if workers == 0:
+            workers = min(_usable_cores(), 8) if on_cpu else 2
         paths = [Path(p) for p in paths]
-        digests = self._digest_all(paths, threads=max(workers, 1))
+        digests = self._digest_all(paths, threads=workers)
         found: dict[str, np.ndarray] = {}
         missing: dict[str, Path] = {}
         for path, digest in zip(paths, digests, strict=True):
@@ -208,10 +218,10 @@ class FeatureCache:
                 len(todo), progress, f"log-mel features ({len(todo)} of {len(paths)} clips)"
             )
             try:
-                if workers > 0:
-                    self._build_processes(todo, workers, batch_size, bar)
+                if on_cpu:
+                    self._build_cpu(todo, workers, batch_size, bar)
                 else:
-                    self._build_here(todo, batch_size, bar)
+                    self._build_device(todo, workers, batch_size, bar)
             finally:
                 bar.close()
         for digest, path in missing.items():
@@ -313,7 +323,8 @@ class FeatureCache:
             )
         with atomic_open(self._entry_file(digest), "wb") as fh:
             np.save(fh, np.ascontiguousarray(spec, dtype=self.dtype), allow_pickle=False)
-        self.computed += 1
+        with self._lock:
+            self.computed += 1
 
     # ------------------------------------------------------------------ computing
     @property
@@ -338,7 +349,41 @@ class FeatureCache:
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(self.content_key, paths))
 
-    def _build_here(self, todo: list[tuple[str, Path]], batch_size: int, bar: Any) -> None:
+    def _build_cpu(
+        self, todo: list[tuple[str, Path]], workers: int, batch_size: int, bar: Any
+    ) -> None:
+        per_task = max(1, min(batch_size, -(-len(todo) // (4 * workers))))
+        tasks = [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
+        _ = self.logmel  # build the module once, before the threads share it
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # new threads take this count on their first torch operation
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [pool.submit(self._compute_and_store, task) for task in tasks]
+                try:
+                    for future in as_completed(futures):
+                        bar.update(future.result())
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            torch.set_num_threads(threads)
+
+    def _compute_and_store(self, items: list[tuple[str, Path]]) -> int:
+        groups: dict[int, list[tuple[str, Path, np.ndarray]]] = {}
+        for digest, path in items:
+            wave = load_audio(path, self.audio)
+            groups.setdefault(len(wave), []).append((digest, path, wave))
+        for group in groups.values():
+            specs = self._compute([w for _, _, w in group])
+            for (digest, path, _), spec in zip(group, specs, strict=True):
+                self._store(digest, spec, path)
+        return len(items)
+
+    def _build_device(
+        self, todo: list[tuple[str, Path]], workers: int, batch_size: int, bar: Any
+    ) -> None:
         pending: dict[int, list[tuple[str, Path, np.ndarray]]] = {}
         buffered = 0
 
@@ -351,7 +396,7 @@ class FeatureCache:
                 self._store(digest, spec, path)
             bar.update(len(group))
 
-        for digest, path, wave in _prefetch_audio(todo, self.audio):
+        for digest, path, wave in _prefetch_audio(todo, self.audio, workers, 2 * batch_size):
             pending.setdefault(len(wave), []).append((digest, path, wave))
             buffered += 1
             if len(pending[len(wave)]) >= batch_size:
@@ -362,50 +407,34 @@ class FeatureCache:
         for length in list(pending):
             flush(length)
 
-    def _build_processes(
-        self, todo: list[tuple[str, Path]], workers: int, batch_size: int, bar: Any
-    ) -> None:
-        # spawn, not fork: a forked child of a process that already ran OpenMP (torch) can hang.
-        ctx = multiprocessing.get_context("spawn")
-        chunk = max(1, min(batch_size, -(-len(todo) // (4 * workers))))
-        jobs = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
-        spec = (str(self.root), asdict(self.audio), asdict(self.features), self.stft)
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_worker_init, initargs=spec
-        ) as pool:
-            futures: list[Future[int]] = [
-                pool.submit(_worker_build, [(d, str(p)) for d, p in job]) for job in jobs
-            ]
-            try:
-                for future in futures:
-                    self.computed += future.result()
-                    bar.update(future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _prefetch_audio(
-    todo: list[tuple[str, Path]], audio: AudioConfig, depth: int = 4
+    todo: list[tuple[str, Path]], audio: AudioConfig, threads: int, depth: int
 ) -> Iterator[tuple[str, Path, np.ndarray]]:
-    """Decode clips in one background thread, ``depth`` ahead of the consumer.
+    """Decode clips in background threads, up to ``depth`` ahead of the consumer, in order.
 
-    libsndfile and scipy's resampler release the GIL, so decoding overlaps the STFT.
+    libsndfile and scipy's resampler release the GIL, so decoding overlaps the GPU's work.
     """
-    with ThreadPoolExecutor(1) as pool:
-        futures: list[tuple[str, Path, Future[np.ndarray]]] = []
-        it = iter(todo)
+    with ThreadPoolExecutor(threads) as pool:
+        queue: deque[tuple[str, Path, Future[np.ndarray]]] = deque()
         try:
-            for digest, path in it:
-                futures.append((digest, path, pool.submit(load_audio, path, audio)))
-                if len(futures) > depth:
-                    d, p, f = futures.pop(0)
+            for digest, path in todo:
+                queue.append((digest, path, pool.submit(load_audio, path, audio)))
+                if len(queue) > depth:
+                    d, p, f = queue.popleft()
                     yield d, p, f.result()
-            for d, p, f in futures:
+            while queue:
+                d, p, f = queue.popleft()
                 yield d, p, f.result()
         finally:
-            for _, _, f in futures:
+            for _, _, f in queue:
                 f.cancel()
 
 
@@ -413,27 +442,3 @@ def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="clip", leave=False)
-
-
-# ---------------------------------------------------------------------- worker processes
-_WORKER: FeatureCache | None = None
-
-
-def _worker_init(root: str, audio: dict[str, Any], features: dict[str, Any], stft: str) -> None:
-    global _WORKER
-    # One intra-op thread per process: the processes are the parallelism.
-    torch.set_num_threads(1)
-    _WORKER = FeatureCache(root, AudioConfig(**audio), FeatureConfig(**features), stft=stft)
-
-
-def _worker_build(items: list[tuple[str, str]]) -> int:
-    assert _WORKER is not None
-    by_length: dict[int, list[tuple[str, str, np.ndarray]]] = {}
-    for digest, path in items:
-        wave = load_audio(path, _WORKER.audio)
-        by_length.setdefault(len(wave), []).append((digest, path, wave))
-    for group in by_length.values():
-        specs = _WORKER._compute([w for _, _, w in group])
-        for (digest, path, _), spec in zip(group, specs, strict=True):
-            _WORKER._store(digest, spec, path)
-    return len(items)

@@ -93,11 +93,13 @@ def center_crop(spec: ArrayOrTensor, frames: int, short_clip: str = "repeat") ->
 def window_starts(length: int, frames: int, hop: int) -> np.ndarray:
     """Start frames of windows every ``hop`` frames covering ``[0, length)``, last one end-aligned.
 
-    ``length`` must be at least ``frames`` (see :func:`fit_length`).
+    ``length`` must be at least ``frames`` (see :func:`fit_length`) and ``hop`` at most
+    ``frames``.
     """
     _check_frames(frames)
-    if hop < 1:
-        raise ValueError(f"hop must be at least 1 frame, got {hop}")
+    if not 1 <= hop <= frames:
+        # A hop longer than the window would leave frames between windows unscored.
+        raise ValueError(f"hop must be between 1 and the window length {frames} frames, got {hop}")
     if length < frames:
         raise ValueError(
             f"clip of {length} frames is shorter than one {frames}-frame window; call fit_length first"

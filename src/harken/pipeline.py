@@ -55,7 +55,9 @@ def train_run(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     info = D.DistInfo() if "RANK" not in __import__("os").environ else D.setup("cpu" if config.train.device == "cpu" else "auto")
-    if info.is_main:
+    if info.is_main and not (resume and (run_dir / "config.yaml").exists()):
+        # A resumed run keeps the config it was started with until training succeeds (a
+        # refused resume must not leave a config.yaml that disagrees with the checkpoints).
         save_config(run_dir / "config.yaml", config)
     detector = create_system(config.system, config)
     if cache_dir is not None:
@@ -67,6 +69,7 @@ def train_run(
     try:
         detector.fit(train, run_dir=run_dir, progress=progress and info.is_main, resume=resume)
         if info.is_main:  # under DDP every rank holds the same model; one writes it
+            save_config(run_dir / "config.yaml", config)
             save_detector(run_dir / "model.pt", detector)
             log.info("wrote %s", run_dir / "model.pt")
         finished = True

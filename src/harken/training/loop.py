@@ -218,7 +218,9 @@ def train_cae(
                 path=ckpt_path,
             )
     if resuming:
-        state = load_checkpoint(ckpt_path, kind="training", map_location=device)["training"]
+        checkpoint = load_checkpoint(ckpt_path, kind="training", map_location=device)
+        check_resumable(checkpoint, config, clips, ckpt_path)
+        state = checkpoint["training"]
         model.load_state_dict(state["model"])
         ae_opt.load_state_dict(state["ae_opt"])
         clf_opt.load_state_dict(state["clf_opt"])
@@ -320,6 +322,7 @@ def train_cae(
                         "scaler": scaler.to_dict(),
                         "training": {
                             "epoch": epoch,
+                            "data_key": data_key(clips),
                             "model": model.state_dict(),
                             "ae_opt": ae_opt.state_dict(),
                             "clf_opt": clf_opt.state_dict(),
@@ -418,6 +421,58 @@ def _val_thresholds(scores, labels, groups, config) -> dict[str, float]:
         if sel.sum() >= 2:
             out[g] = fit_gamma_threshold(values[sel], config.score.threshold_quantile)
     return out
+
+
+#: config fields a resumed run may change: they do not alter what the finished epochs computed
+RESUME_MAY_CHANGE = (
+    "train.epochs", "train.device", "train.num_workers", "train.threads", "train.log_tensorboard", "score.batch_size",
+)
+
+
+def data_key(clips: Sequence[Any]) -> str:
+    """A digest of the training clip list (machine, section, domain, file name), for resume."""
+    import hashlib
+
+    text = "\n".join(sorted(f"{c.machine}/{c.section}/{c.domain}/{c.path.name}" for c in clips))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
+
+
+def check_resumable(checkpoint: dict[str, Any], config: Config, clips: Sequence[Any], path: Path) -> None:
+    """Refuse (CheckpointError) to resume from another configuration's or data set's checkpoint.
+
+    Continuing with other settings would load weights of the wrong shape (a bare traceback) or,
+    worse, quietly mix two runs into one model.  Only :data:`RESUME_MAY_CHANGE` may differ
+    (e.g. ``train.epochs`` to train longer).
+    """
+    from harken.errors import CheckpointError
+    from harken.training.checkpoint import plain
+
+    old, new = _flat(checkpoint.get("config", {})), _flat(plain(config.to_dict()))
+    changed = [k for k in sorted(old.keys() & new.keys()) if k not in RESUME_MAY_CHANGE and old[k] != new[k]]
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise CheckpointError(
+            f"cannot resume: the run was started with another configuration ({shown}{more}); resume "
+            "with the same settings or train into a new --out folder",
+            path=path,
+        )
+    stored = checkpoint.get("training", {}).get("data_key")
+    if stored is not None and stored != data_key(clips):
+        raise CheckpointError(
+            f"cannot resume: the run was started on another set of training clips (now {len(clips)} "
+            "clips); resume with the same data or train into a new --out folder",
+            path=path,
+        )
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

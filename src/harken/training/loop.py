@@ -154,6 +154,9 @@ def train_cae(
     main = info.is_main
 
     # ---------------------------------------------------------------- data
+    if config.window.short_clip == "error":  # refuse a too-short clip by name, before any work
+        for clip, spec in zip(clips, features, strict=True):
+            fit_length(spec, config.window.frames, "error", path=getattr(clip, "path", None))
     index = list(range(len(clips)))
     train_idx, val_idx = split_validation([_Indexed(i, clips[i]) for i in index], tc.val_fraction, tc.seed)
     train_idx = [c.i for c in train_idx]

@@ -125,6 +125,11 @@ class CAEDANNSystem(FeatureSystem):
 
     def _score_clips(self, clips: Sequence[Any], *, progress: bool) -> ClipScores:
         specs = self.clip_features(clips, progress=progress)
+        if self.config.window.short_clip == "error":  # name the too-short clip in the error
+            from harken.features.windows import fit_length
+
+            for clip, spec in zip(clips, specs, strict=True):
+                fit_length(spec, self.config.window.frames, "error", path=clip.path)
         return self.scores_from_spectrograms(list(clips), specs)
 
     def scores_from_spectrograms(self, clips: list[Any], specs: Sequence[np.ndarray]) -> ClipScores:

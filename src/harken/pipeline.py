@@ -46,8 +46,13 @@ def train_run(
     progress: bool = True,
     resume: bool = False,
     cache_dir: str | Path | None = None,
+    skip_bad_clips: bool = False,
 ) -> Any:
-    """Fit the configured system on the training clips and write ``run_dir/model.pt``."""
+    """Fit the configured system on the training clips and write ``run_dir/model.pt``.
+
+    A training clip whose audio cannot be used stops the run with an error naming it, unless
+    ``skip_bad_clips``: then it is left out with a warning and listed in ``run_dir/skipped.csv``.
+    """
     from harken.systems import create_system
     from harken.training import distributed as D
     from harken.training.checkpoint import save_detector
@@ -65,6 +70,10 @@ def train_run(
     train = [c for c in clips if c.split in ("train", "supplemental") and c.label == "normal"]
     if not config.train.include_supplemental:
         train = [c for c in train if c.split == "train"]
+    if skip_bad_clips:
+        train, skipped = drop_bad_clips(detector, train, what="training", progress=progress and info.is_main)
+        if info.is_main:
+            write_skipped(run_dir / "skipped.csv", skipped)
     finished = False
     try:
         detector.fit(train, run_dir=run_dir, progress=progress and info.is_main, resume=resume)
@@ -76,6 +85,61 @@ def train_run(
     finally:
         D.teardown(info, wait=finished)
     return detector
+
+
+def drop_bad_clips(
+    detector: Any, clips: Sequence[Any], *, what: str = "", progress: bool = False
+) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """The clips whose audio loads, and ``(clip, problem)`` for each one left out.
+
+    Used by ``--skip-bad-clips``.  Every skipped clip gets a HarkenWarning naming the file and
+    the problem.  Features are computed through the detector's cache where it has one, so the
+    kept clips are not decoded a second time; otherwise each clip is decoded once here.
+    """
+    import os
+    import warnings
+
+    from harken.errors import AudioError, HarkenWarning
+
+    kept, skipped = list(clips), []
+    if hasattr(detector, "clip_features") and "RANK" not in os.environ:
+        while kept:
+            try:
+                detector.clip_features(kept, progress=progress)
+                break
+            except AudioError as exc:
+                bad = {i for i, c in enumerate(kept) if exc.path is not None and Path(c.path) == exc.path}
+                if not bad:
+                    raise
+                skipped += [(kept[i], str(exc)) for i in sorted(bad)]
+                kept = [c for i, c in enumerate(kept) if i not in bad]
+    else:
+        from harken.data.audio import load_audio
+
+        good = []
+        for clip in kept:
+            try:
+                load_audio(clip.path, detector.config.audio)
+            except AudioError as exc:
+                skipped.append((clip, str(exc)))
+            else:
+                good.append(clip)
+        kept = good
+    for _, problem in skipped:
+        warnings.warn(f"skipped {what + ' ' if what else ''}clip: {problem}", HarkenWarning, stacklevel=2)
+    if not kept:
+        raise DatasetError(f"no usable {what + ' ' if what else ''}clips: all {len(skipped)} were skipped")
+    return kept, skipped
+
+
+def write_skipped(path: Path, skipped: Sequence[tuple[Any, str]]) -> None:
+    """``file,problem`` rows of the clips ``--skip-bad-clips`` left out (header only if none)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "problem"])
+    for clip, problem in skipped:
+        writer.writerow([str(clip.path), problem])
+    atomic_write_text(path, buffer.getvalue())
 
 
 @dataclass
@@ -94,8 +158,14 @@ def test_run(
     progress: bool = True,
     bootstrap: int = 0,
     seed: int = 0,
+    skip_bad_clips: bool = False,
 ) -> TestOutput:
-    """Score the test clips; write scores, official submission files and result tables."""
+    """Score the test clips; write scores, official submission files and result tables.
+
+    A test clip whose audio cannot be used stops with an error naming it, unless
+    ``skip_bad_clips``: then it is left out with a warning and listed in ``out_dir/skipped.csv``
+    (the submission files and result tables then cover the other clips only).
+    """
     from harken.evaluation.evaluate import ScoreRecord, evaluate_arrays
     from harken.evaluation.submission import write_submission
     from harken.evaluation.tables import write_tables
@@ -104,6 +174,9 @@ def test_run(
     test = [c for c in clips if c.split == "test"]
     if not test:
         raise DatasetError("no test clips found")
+    if skip_bad_clips:
+        test, skipped = drop_bad_clips(detector, test, what="test", progress=progress)
+        write_skipped(out_dir / "skipped.csv", skipped)
     scored = detector.score_clips(test, progress=progress)
     kind = detector.decision_kind
     decisions = detector.decide(test, scored.scores[kind])

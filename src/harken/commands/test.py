@@ -16,6 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, help="feature cache directory")
     p.add_argument("--report", action="store_true", help="also write the HTML report")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--skip-bad-clips",
+        action="store_true",
+        help="leave out test clips whose audio cannot be used, with a warning each and a list in "
+        "OUT/skipped.csv (submission files and results then cover the other clips only)",
+    )
     p.set_defaults(func=run)
 
 
@@ -29,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cache:
         detector.cache_dir = Path(args.cache)
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "test"
-    output = test_run(detector, discover_clips(args.data), out, progress=not args.no_progress, bootstrap=args.bootstrap, seed=args.seed)
+    output = test_run(detector, discover_clips(args.data), out, progress=not args.no_progress, bootstrap=args.bootstrap, seed=args.seed, skip_bad_clips=args.skip_bad_clips)
     kind = detector.decision_kind
     if kind in output.results:
         print(format_table(output.results[kind], "text"))

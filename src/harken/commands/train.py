@@ -19,6 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--cache", default=None, help="feature cache directory (default $HARKEN_CACHE_DIR or ~/.cache/harken/features)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--skip-bad-clips",
+        action="store_true",
+        help="leave out training clips whose audio cannot be used (empty, truncated, not audio, NaN...) "
+        "with a warning each and a list in RUN/skipped.csv, instead of stopping at the first",
+    )
     add_config_args(p, default="paper")
     p.set_defaults(func=run)
 
@@ -29,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     clips = discover_clips(args.data)
-    train_run(config, clips, args.out, progress=not args.no_progress, resume=args.resume, cache_dir=args.cache)
+    train_run(config, clips, args.out, progress=not args.no_progress, resume=args.resume, cache_dir=args.cache, skip_bad_clips=args.skip_bad_clips)
     return 0

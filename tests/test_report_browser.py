@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -54,7 +55,7 @@ def _chromium() -> str:
         "Debian's chromium is not installed, so the report cannot be checked in a browser; "
         "install it with `apt-get install -y chromium` (or point HARKEN_CHROMIUM at a chromium binary)"
     )
-    if os.environ.get("CI"):
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
         pytest.fail(message)
     pytest.skip(message)
 
@@ -76,34 +77,29 @@ class DevTools:
     def __init__(self, binary: str, profile: Path) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-
-        def wire_fds() -> (
-            None
-        ):  # in the child: the pipe ends become fds 3 (commands) and 4 (replies)
-            r, w = os.dup(to_child_r), os.dup(from_child_w)
-            while r in (3, 4) or w in (3, 4):
-                r = os.dup(r) if r in (3, 4) else r
-                w = os.dup(w) if w in (3, 4) else w
-            os.dup2(r, 3)
-            os.dup2(w, 4)
-
+        # chromium reads commands on fd 3 and writes replies on fd 4.  The child's ends are
+        # moved out of the way (>= 10) and bash puts them on 3 and 4 just before exec, so no
+        # Python code runs between fork and exec (preexec_fn is unsafe in a threaded process).
+        r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        args = [
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the browser
         self.proc = subprocess.Popen(
-            [
-                binary,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                "--remote-debugging-pipe",
-                "about:blank",
-            ],
+            ["bash", "-c", f'exec "$0" "$@" 3<&{r} 4>&{w} {r}<&- {w}>&-', binary, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,
-            preexec_fn=wire_fds,
-            close_fds=False,  # fds 3/4 must survive; Python's own fds are close-on-exec anyway
+            pass_fds=(r, w),
         )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        os.close(r)
+        os.close(w)
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict[str, Any]] = []

@@ -150,11 +150,21 @@ def write_report(
     steps.set("writing")
     for img in builder.images:
         atomic_write_bytes(out_dir / img.name, img.data)
+        _shareable(out_dir / img.name)
     atomic_write_text(out_path, html_text)
+    _shareable(out_path)
     steps.advance()
     steps.close()
     log.info("wrote %s and %d PNGs beside it", out_path, len(builder.images))
     return out_path
+
+
+def _shareable(path: Path) -> None:
+    """World-readable like any document: the atomic writer's temporary files are created 0600,
+    but a report is made to be opened by others (a web server, a colleague's account)."""
+    import os
+
+    os.chmod(path, 0o644)
 
 
 class _Steps:

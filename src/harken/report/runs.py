@@ -216,9 +216,31 @@ def load_run(
     _evaluate(data, bootstrap=bootstrap, seed=seed)
     meta = data.test_meta()
     data.data_root = _resolve_data_root(data, data_root, meta)
-    chosen_cache = cache_dir if cache_dir is not None else meta.get("cache_dir")
-    data.cache_dir = Path(chosen_cache) if chosen_cache else None
+    data.cache_dir = _resolve_cache_dir(data, cache_dir, meta)
     return data
+
+
+def _resolve_cache_dir(
+    data: RunData, explicit: str | Path | None, meta: dict[str, Any]
+) -> Path | None:
+    """The feature cache the test filled, so the report reads features instead of recomputing.
+
+    Given, recorded, the demo's ``OUT/cache`` beside ``OUT/run``, or the conventional
+    ``<data root>/.harken-cache``; None leaves the system's default.  Any cache gives the same
+    features (it is content-keyed), so a wrong guess costs time, never correctness.
+    """
+    if explicit is not None:
+        return Path(explicit)
+    if meta.get("cache_dir"):
+        return Path(meta["cache_dir"])
+    candidates = [data.path.parent / "cache"]
+    if data.data_root is not None:
+        try:
+            from harken.features.cache import CACHE_DIR_NAME
+        except ImportError:  # no torch: no model views, so no features to read
+            return None
+        candidates.append(data.data_root / CACHE_DIR_NAME)
+    return next((c for c in candidates if c.is_dir()), None)
 
 
 def _decision_kind(data: RunData) -> str:

@@ -46,9 +46,9 @@ class OnnxScorer:
             raise ConfigError("no such ONNX model file", path=self.path)
         try:
             self.meta: dict[str, Any] = json.loads(find_sidecar(self.path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"metadata sidecar is not valid JSON: {exc}", path=self.path) from None
-        if self.meta.get("format") != "harken-onnx":
+        if not isinstance(self.meta, dict) or self.meta.get("format") != "harken-onnx":
             raise ConfigError("sidecar is not harken export metadata", path=self.path)
         options = ort.SessionOptions()
         if threads:
@@ -57,15 +57,19 @@ class OnnxScorer:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ConfigError(f"onnxruntime cannot load the model: {exc}", path=self.path) from None
-        self.audio = AudioConfig(**self.meta["audio"])
-        self.window: dict[str, Any] = self.meta["window"]
-        self.features: dict[str, Any] = self.meta["features"]
-        self.kind: str = self.meta["score_kind"]
-        self.thresholds: dict[str, float] = {k: float(v) for k, v in self.meta["thresholds"].items()}
-        self.groups: list[str] = list(self.meta.get("fused_groups") or [])
-        self.input_names: list[str] = list(self.meta["input_names"])
-        self.output_names: list[str] = list(self.meta["output_names"])
-        self.frame_seconds = self.features["hop_length"] / self.audio.sample_rate
+        try:
+            self.audio = AudioConfig(**self.meta["audio"])
+            self.window: dict[str, Any] = self.meta["window"]
+            self.features: dict[str, Any] = self.meta["features"]
+            self.kind: str = self.meta["score_kind"]
+            self.thresholds: dict[str, float] = {k: float(v) for k, v in self.meta["thresholds"].items()}
+            self.groups: list[str] = list(self.meta.get("fused_groups") or [])
+            self.input_names: list[str] = list(self.meta["input_names"])
+            self.output_names: list[str] = list(self.meta["output_names"])
+            self.frame_seconds = self.features["hop_length"] / self.audio.sample_rate
+        except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
+            detail = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ConfigError(f"metadata sidecar is incomplete or malformed ({detail})", path=self.path) from None
 
     # ------------------------------------------------------------------ metadata
     @property

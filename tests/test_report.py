@@ -195,6 +195,9 @@ def test_compare_runs_side_by_side_with_paired_differences(
     (other / "config.yaml").write_text(config.replace("kind: reconstruction", "kind: svdd"))
     (other / "model.pt").unlink()  # no model: history from logs/*.csv, no latents
     out = tmp_path / "cmp" / "report.html"
+    out.parent.mkdir()
+    (out.parent / "recon-fan-9.png").write_bytes(PNG_MAGIC)  # left by an earlier report
+    (out.parent / "photo.png").write_bytes(PNG_MAGIC)  # the user's own file
 
     argv = ["report", "--run", str(ref), "--compare", str(other), "--out", str(out)]
     assert main([*argv, "--top", "1", "--bootstrap", "100", "--no-progress"]) == 0
@@ -223,7 +226,7 @@ def test_compare_runs_side_by_side_with_paired_differences(
     assert "no model.pt" in html and "computed here (100 stratified resamples" in html
     names = {p.name for p in out.parent.glob("*.png")}
     expected = {f"run{i}-{n}.png" for i in (1, 2) for n in ("roc", "scores", "training")}
-    assert names == expected | {"differences.png"}
+    assert names == expected | {"differences.png", "photo.png"}
 
 
 def test_missing_matplotlib_is_a_clear_error(
@@ -255,3 +258,14 @@ def test_a_run_without_test_scores_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ReportError, match="harken test"):
         write_report([tmp_path])
+
+
+def test_umap_without_umap_learn_fails_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from harken.errors import HarkenError
+    from harken.report.cli import write_report
+
+    monkeypatch.setitem(sys.modules, "umap", None)
+    with pytest.raises(HarkenError, match="umap-learn"):
+        write_report([tmp_path], projection="umap")  # not even the run is read

@@ -59,12 +59,7 @@ def project(
         )
         return Projection(tsne.fit_transform(z), None, "t-SNE 1", "t-SNE 2", "t-SNE")
     if method == "umap":
-        try:
-            import umap  # type: ignore[import-not-found]
-        except ImportError:
-            raise HarkenError(
-                "the UMAP projection needs the umap-learn package (pip install umap-learn); use --projection pca or tsne"
-            ) from None
+        umap = require_umap()
         reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)), random_state=seed)
         pts = reducer.fit_transform(z)
         c = None if center is None else reducer.transform(center[None, :])[0]
@@ -72,6 +67,18 @@ def project(
             np.asarray(pts), None if c is None else np.asarray(c), "UMAP 1", "UMAP 2", "UMAP"
         )
     raise HarkenError(f"unknown projection {method!r}; choose from {', '.join(PROJECTIONS)}")
+
+
+def require_umap() -> Any:
+    """The umap module, or an error saying how to get it (it is no dependency of harken)."""
+    try:
+        import umap  # type: ignore[import-not-found]
+    except ImportError:
+        raise HarkenError(
+            "the UMAP projection needs the umap-learn package (pip install umap-learn); "
+            "use --projection pca or tsne"
+        ) from None
+    return umap
 
 
 def _pad2(x: np.ndarray) -> np.ndarray:

@@ -124,6 +124,10 @@ def write_report(
         raise ReportError("no run to report on")
     if projection not in ("pca", "tsne", "umap"):
         raise ReportError(f"unknown projection {projection!r}; choose pca, tsne or umap")
+    if projection == "umap":
+        from harken.report.analysis import require_umap
+
+        require_umap()  # before minutes of work, not in the middle of them
     dirs = [run_directory(r) for r in runs]
     labels = unique_labels(dirs)
     out_path = Path(out) if out is not None else dirs[0] / "report" / REPORT_NAME
@@ -153,10 +157,23 @@ def write_report(
         _shareable(out_dir / img.name)
     atomic_write_text(out_path, html_text)
     _shareable(out_path)
+    _remove_stale_images(out_dir, {img.name for img in builder.images})
     steps.advance()
     steps.close()
     log.info("wrote %s and %d PNGs beside it", out_path, len(builder.images))
     return out_path
+
+
+#: names of the PNGs a report writes (and nothing else a user may keep in the folder)
+_OUR_PNG = re.compile(r"^(run\d+-)?(roc|scores|latents|training|differences|recon-.+-\d+)\.png$")
+
+
+def _remove_stale_images(out_dir: Path, written: set[str]) -> None:
+    """Delete PNGs an earlier report left here that this one did not write (fewer clips with
+    --top, a run dropped from --compare), so the folder always matches the page."""
+    for path in out_dir.glob("*.png"):
+        if path.name not in written and _OUR_PNG.match(path.name):
+            path.unlink(missing_ok=True)
 
 
 def _shareable(path: Path) -> None:
@@ -486,11 +503,7 @@ class _Builder:
             block = self._block(i)
             try:
                 self._latents(i, block)
-            except Exception as exc:
-                from harken.errors import HarkenError
-
-                if isinstance(exc, HarkenError) and "projection" in str(exc):
-                    raise
+            except Exception as exc:  # a figure that fails must not take the report with it
                 log.exception("latent map of %s failed", self.runs[i].label)
                 block.notes.append(
                     f"the latent map could not be drawn: {type(exc).__name__}: {exc}"
@@ -580,7 +593,7 @@ class _Builder:
             block = self._block(i)
             try:
                 self._reconstructions(i, block)
-            except Exception as exc:
+            except Exception as exc:  # a figure that fails must not take the report with it
                 log.exception("reconstructions of %s failed", self.runs[i].label)
                 block.notes.append(
                     f"the reconstructions could not be drawn: {type(exc).__name__}: {exc}"

@@ -296,14 +296,12 @@ class AEBaseline(Detector):
 
     @torch.no_grad()
     def _mean_mse(self, model: AENet, bank: FrameBank) -> float:
-        model.eval()
         total, n = 0.0, 0
         for start in range(0, len(bank), _SCORE_CHUNK):
             idx = torch.arange(start, min(start + _SCORE_CHUNK, len(bank)))
-            x = bank.vectors(idx).to(self.device)
-            recon, _ = model(x)
-            total += float((recon - x).pow(2).sum())
-            n += x.numel()
+            residual = self._residuals(model, bank.vectors(idx))
+            total += float(residual.double().pow(2).sum())
+            n += residual.numel()
         return total / max(n, 1)
 
     @torch.no_grad()
@@ -321,9 +319,7 @@ class AEBaseline(Detector):
         is_target = torch.tensor([d == "target" for d in domains], dtype=torch.bool)
         for start in range(0, len(bank), _SCORE_CHUNK):
             idx = torch.arange(start, min(start + _SCORE_CHUNK, len(bank)))
-            x = bank.vectors(idx).to(self.device)
-            recon, _ = model(x)
-            residual = (x - recon).cpu()
+            residual = self._residuals(model, bank.vectors(idx))  # the sign does not matter
             target = is_target[bank.owner[idx]]
             acc["source"].update(residual[~target])
             acc["target"].update(residual[target])
@@ -344,34 +340,51 @@ class AEBaseline(Detector):
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score_logmel(self, machine: str, logmel: np.ndarray | torch.Tensor) -> dict[str, Any]:
-        """All score kinds of one clip's log-mel, plus per-vector scores of each kind."""
-        model = self.models[machine]
+    def _residuals(self, model: AENet, vectors: torch.Tensor) -> torch.Tensor:
+        """``recon - x`` of ``vectors`` on CPU, in passes of at most ``_SCORE_CHUNK`` vectors."""
         model.eval()
-        mel = torch.as_tensor(np.array(logmel, dtype=np.float32))
-        vectors = stack_frames(mel, self.baseline.n_frames)
-        residuals = []
+        out = []
         for start in range(0, len(vectors), _SCORE_CHUNK):
             x = vectors[start : start + _SCORE_CHUNK].to(self.device)
             recon, _ = model(x)
-            residuals.append((recon - x).cpu())
-        residual = torch.cat(residuals)  # recon - x, [n_vectors, input_dim]
-        per_vector = residual.pow(2).mean(1).double()
-        out: dict[str, Any] = {
-            "mse": float(per_vector.mean()),
-            "windows": {"mse": per_vector.numpy()},
-        }
+            out.append((recon - x).cpu())
+        return torch.cat(out) if out else vectors.new_zeros((0, self.input_dim))
+
+    def score_logmel(self, machine: str, logmel: np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """All score kinds of one clip's log-mel, plus per-vector scores of each kind."""
+        return self.score_logmels(machine, [logmel])[0]
+
+    @torch.no_grad()
+    def score_logmels(
+        self, machine: str, logmels: Sequence[np.ndarray | torch.Tensor]
+    ) -> list[dict[str, Any]]:
+        """:meth:`score_logmel` of many clips of one machine type, their vectors batched
+        through the network together (a few large passes instead of one small pass per clip)."""
+        n_frames, block = self.baseline.n_frames, self.baseline.n_mels
+        vectors = [
+            stack_frames(torch.as_tensor(np.array(m, dtype=np.float32)), n_frames) for m in logmels
+        ]
+        counts = [len(v) for v in vectors]
+        residual = self._residuals(self.models[machine], torch.cat(vectors))  # recon - x
+        per_vector_mse = residual.pow(2).mean(1).double().split(counts)
         if self.uses_mahalanobis:
             prec = self.precisions(machine)
-            block = self.baseline.n_mels
-            out["mahalanobis"] = float(
-                selective_mahalanobis(residual, prec["source"], prec["target"], block)
-            )
-            # Per vector: the same statistic over that vector's own n_frames blocks.
-            means = residual.reshape(len(residual), self.baseline.n_frames, block).double().mean(1)
-            per = [torch.einsum("vi,ij,vj->v", means, prec[d], means) for d in DOMAINS]
-            out["windows"]["mahalanobis"] = torch.minimum(per[0], per[1]).numpy()
-        return out
+            # Per vector: the clip statistic over that vector's own n_frames blocks.
+            means = residual.reshape(len(residual), n_frames, block).double().mean(1)
+            per = [((means @ prec[d]) * means).sum(1) for d in DOMAINS]
+            per_vector_maha = torch.minimum(per[0], per[1]).split(counts)
+        results: list[dict[str, Any]] = []
+        for i, clip_residual in enumerate(residual.split(counts)):
+            out: dict[str, Any] = {
+                "mse": float(per_vector_mse[i].mean()),
+                "windows": {"mse": per_vector_mse[i].numpy()},
+            }
+            if self.uses_mahalanobis:
+                score = selective_mahalanobis(clip_residual, prec["source"], prec["target"], block)
+                out["mahalanobis"] = float(score)
+                out["windows"]["mahalanobis"] = per_vector_maha[i].numpy()
+            results.append(out)
+        return results
 
     def _score_clips(self, clips: Sequence[Clip], *, progress: bool) -> ClipScores:
         clips = list(clips)
@@ -391,15 +404,17 @@ class AEBaseline(Detector):
         for first in range(0, len(clips), 256):
             chunk = list(range(first, min(first + 256, len(clips))))
             mels, rates = self._features_and_rates([clips[i] for i in chunk], progress=False)
-            for i, mel, rate in zip(chunk, mels, rates, strict=True):
-                result = self.score_logmel(clips[i].machine, mel)
-                for k in self.score_kinds:
-                    scores[k][i] = result[k]
-                windows[i] = result["windows"][kind]
-                starts[i] = (
-                    np.arange(len(windows[i]), dtype=np.float64) * self.baseline.hop_length / rate
-                )
-                bar.update(1)
+            for machine in sorted({clips[i].machine for i in chunk}):
+                mine = [j for j, i in enumerate(chunk) if clips[i].machine == machine]
+                results = self.score_logmels(machine, [mels[j] for j in mine])
+                for j, result in zip(mine, results, strict=True):
+                    i = chunk[j]
+                    for k in self.score_kinds:
+                        scores[k][i] = result[k]
+                    windows[i] = result["windows"][kind]
+                    hop_seconds = self.baseline.hop_length / rates[j]
+                    starts[i] = np.arange(len(windows[i]), dtype=np.float64) * hop_seconds
+            bar.update(len(chunk))
         bar.close()
         return ClipScores(clips=clips, scores=scores, windows=windows, window_starts=starts)
 

@@ -3,6 +3,10 @@
 A reader (or a run resumed after SIGKILL) therefore sees either the old file or the complete
 new one, never a half-written file.  Every checkpoint, cache entry, score file and report in
 harken goes through these helpers.
+
+The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file it
+replaces, or ``0o666`` less the umask for a new one (``tempfile.mkstemp`` alone makes every
+result 0600, unreadable to a colleague or a web server).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +28,8 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with contextlib.suppress(OSError):  # e.g. a file system without permissions
+            os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
@@ -33,6 +40,23 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (single-threaded): os.umask can only be read by setting it.
+_UMASK = _current_umask()
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -103,12 +103,24 @@ def as_clips(
 
 
 def _dataset_clips(root: Path) -> list[Any] | None:
+    """The clips of ``root`` if it is a DCASE/MIMII dataset, else None.
+
+    Discovery's warnings (skipped folders, no target clips) matter only for a dataset: for
+    any other folder they would be noise, so they are replayed only when ``root`` is one.
+    """
+    import warnings
+
     from harken.data.dataset import discover
 
-    try:
-        return discover(root)
-    except DatasetError:
-        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            clips = discover(root)
+        except DatasetError:
+            return None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return clips
 
 
 def _override(clips: list[Any], machine: str | None, section: str | int | None) -> list[Any]:
@@ -395,10 +407,11 @@ class AnomalyDetector:
         ``run_dir`` keeps the run (``config.yaml``, ``model.pt``, checkpoints, logs) as
         ``harken train`` would write it; without it the run lives in a temporary folder.
         """
-        from harken.pipeline import discover_clips, train_run
+        from harken.pipeline import train_run
 
-        if isinstance(X, (str, Path)) and Path(X).is_dir() and _dataset_clips(Path(X)) is not None:
-            clips = discover_clips(X)
+        dataset = _dataset_clips(Path(X)) if isinstance(X, (str, Path)) and Path(X).is_dir() else None
+        if dataset is not None:
+            clips = dataset
         else:
             found = as_clips(X if not isinstance(X, (str, Path)) else [X], machine=machine, section=section)
             clips = [

@@ -218,7 +218,8 @@ class Service:
         try:
             info = sf.info(io.BytesIO(data))
         except Exception as exc:  # noqa: BLE001 - libsndfile's errors for unknown content vary
-            raise RequestError(415, "unsupported_format", f"not a WAV or FLAC file libsndfile can read ({error_text(exc)})") from None
+            reason = str(exc).rsplit(": ", 1)[-1].strip() or type(exc).__name__  # drop "<BytesIO at 0x..>"
+            raise RequestError(415, "unsupported_format", f"not a WAV or FLAC file libsndfile can read ({reason})") from None
         if info.format not in ACCEPTED_FORMATS:
             raise RequestError(415, "unsupported_format", f"{info.format} audio is not accepted; send WAV or FLAC")
         if info.samplerate > 0 and info.frames / info.samplerate > self.limits.max_seconds:
@@ -231,6 +232,14 @@ class Service:
         except AudioError as exc:
             raise RequestError(422, "bad_audio", error_text(exc)) from None
         return wave, len(wave) / self.detector.config.audio.sample_rate
+
+    def warmup(self) -> None:
+        """Score one silent window before serving, so the first client does not pay for
+        lazy initialisation (kernels, buffers) with seconds of latency."""
+        config = self.detector.config
+        n = (config.window.frames + 1) * config.features.hop_length
+        spec = self.features(np.zeros(n, dtype=np.float32))
+        self._score_batch([_Item(FieldClip(None, self.machines[0] if self.machines else "*", "00", "warmup"), spec, 0.0)])
 
     def features(self, wave: np.ndarray) -> np.ndarray:
         from harken.api import features
@@ -344,6 +353,7 @@ def create_app(service: Service) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.get_running_loop().run_in_executor(service.batcher.executor, service.warmup)
         await service.batcher.start()
         try:
             yield

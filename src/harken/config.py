@@ -9,6 +9,7 @@ comments here say why a default was chosen.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -253,8 +254,10 @@ def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
             raise ConfigError(f"field {name} must be a number, got {value!r}", path=source)
         try:
             out = tp(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"field {name} must be {tp.__name__}, got {value!r}", path=source) from None
+        if tp is float and not math.isfinite(out):
+            raise ConfigError(f"field {name} must be a finite number, got {value!r}", path=source)
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"field {name} must be an integer, got {value!r}", path=source)
         return out
@@ -315,7 +318,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({first})") from None
+        _set_dotted(data, key.strip(), value)
     return Config.from_dict(data, source=source)
 
 

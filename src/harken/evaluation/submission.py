@@ -216,7 +216,9 @@ def read_submission(files: SubmissionFiles) -> tuple[dict[str, float], dict[str,
 # --------------------------------------------------------------------------- writing
 def _check_name(name: str) -> str:
     base = _base_name(str(name))
-    if not base or any(ch in base for ch in ',\n\r"') or base != base.strip():
+    # Non-printable characters include the other line breaks (\x1e, \u2028...) that would split
+    # the row when the file is read back, and a BOM that the reader would strip.
+    if not base or any(ch in base for ch in ',"') or not base.isprintable() or base != base.strip():
         raise ScoreFileError(f"clip name {name!r} cannot be written to a submission CSV")
     return base
 

@@ -933,3 +933,52 @@ def test_service_never_uses_a_path_from_the_request(
     assert decoy.read_bytes() == before
     r = _post(url, upload.read_bytes(), "upload.wav", machine="../fan")
     assert r.status_code == 400 and r.json()["error"] == "bad_machine"
+
+
+# ============================================================================ more cases
+def test_score_needs_a_machine_for_a_name_that_fits_no_pattern(
+    base_clip: np.ndarray, messy: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = tmp_path / "recording 2024-05-01.wav"
+    good = tmp_path / "fan" / "test" / clip_name("test", "source", "normal", 1)
+    write_case("pcm_16", odd, base_clip)
+    write_case("pcm_16", good, base_clip)
+    rc, err, _ = run_cli(
+        ["score", "--run", str(messy["run"]), "--quiet", str(odd), str(good)], capsys
+    )
+    assert rc == 3 and "Traceback" not in err
+    assert any(str(odd) in line and "pass --machine" in line for line in err.splitlines()), err
+    assert str(good) not in err  # the DCASE-named file was scored (as fan, section 00)
+
+
+def test_short_clip_error_policy_names_the_clip_when_scoring(
+    base_clip: np.ndarray, messy: dict, tmp_path: Path
+) -> None:
+    from harken.data.dataset import clip_from_path
+    from harken.features.windows import ShortClipError
+    from harken.training.checkpoint import load_detector
+
+    short = tmp_path / "fan" / "test" / clip_name("test", "source", "normal", 3)
+    write_case("short", short, base_clip)
+    detector = load_detector(messy["run"])
+    detector.cache_dir = messy["cache"]
+    detector.config.window.short_clip = "error"
+    with pytest.raises(ShortClipError, match="shorter than one 32-frame window") as err:
+        detector.score_clips([clip_from_path(short)])
+    assert str(short) in str(err.value)
+
+
+def test_byte_identical_uploads_are_found_by_data_summary_check_content(
+    clean_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(clean_root, root)
+    first = sorted((root / "fan" / "train").glob("*.wav"))[0]
+    copy = root / "fan" / "train" / clip_name("train", "source", "normal", 950)  # another name
+    shutil.copy(first, copy)
+    rc, err, _ = run_cli(["data", "summary", str(root)], capsys)
+    assert rc == 0  # names differ: a plain summary (and train/test) sees two clips
+    rc, err, _ = run_cli(["data", "summary", str(root), "--check-content"], capsys)
+    assert rc == 1
+    line = error_line(err, "data")
+    assert str(first) in line and str(copy) in line and "identical content" in line

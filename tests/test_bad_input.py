@@ -372,6 +372,17 @@ def test_real_chmod_000_when_not_root(base_clip: np.ndarray, tmp_path: Path) -> 
 
 
 # ============================================================================ harken train
+LAYOUT_CASES = (
+    "name fits no pattern",
+    "duplicate clip",
+    "empty machine folder",
+    "split folder without clips",
+    "name and folder disagree",
+    "malformed attributes CSV",
+    "no data at all",
+)
+
+
 @pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_train_stops_at_a_bad_clip_naming_it(
     kind: str,
@@ -415,6 +426,7 @@ def test_train_stops_at_a_bad_clip_naming_it(
         ("rate_44k", ["audio.resample=refuse"], "sample rate is 44100 Hz, expected 16000 Hz"),
         ("short", ["window.short_clip=error"], "shorter than one 32-frame window"),
     ],
+    ids=["resample=refuse", "short_clip=error"],
 )
 def test_train_refuses_what_the_config_refuses_naming_the_file(
     kind: str,
@@ -495,6 +507,7 @@ def test_train_skip_bad_clips_leaves_them_out_and_lists_them(
         ("malformed attributes CSV", "attribute cells must come in name,value pairs"),
         ("no data at all", "no machine folders found"),
     ],
+    ids=list(LAYOUT_CASES),
 )
 def test_train_and_test_refuse_a_broken_layout_naming_the_path(
     case: str,

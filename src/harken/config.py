@@ -190,6 +190,9 @@ class AuMConfig:
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-4
+    # Draws per epoch (0: as train.epoch_size=0, every normal clip once in expectation).  The
+    # CPU scan costs ~40 ms of CPU per 128 x 128 input, so CPU runs set it (demo: 512).
+    epoch_size: int = 0
 
 
 @dataclass

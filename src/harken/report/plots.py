@@ -277,7 +277,7 @@ def _draw_center(
 def latent_figure(panels: Sequence[LatentPanel], method: str) -> Figure:
     """Per machine type, the same 2-D map twice: coloured by domain, then by label."""
     fig, axes = grid_figure(
-        len(panels), 2, (3.6, 2.9), left=0.75, right=0.15, top=0.7, gap=(0.8, 0.95)
+        len(panels), 2, (3.6, 2.9), left=0.75, right=0.15, top=0.8, gap=(0.8, 0.95)
     )
     for k, p in enumerate(panels):
         ax_d, ax_l = axes[2 * k], axes[2 * k + 1]
@@ -323,7 +323,13 @@ def latent_figure(panels: Sequence[LatentPanel], method: str) -> Figure:
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=7, loc="best", markerscale=1.2)
             ax.set_title(f"{p.machine}: by {what}" + (sep if what == "domain" else ""), fontsize=9)
-    fig.suptitle(f"{method} of the encoder's latents, one point per test window", fontsize=10)
+    height = fig.get_figheight()
+    fig.suptitle(
+        f"{method} of the encoder's latents, one point per test window",
+        fontsize=10,
+        y=1 - 0.1 / height,
+        va="top",
+    )
     return fig
 
 
@@ -445,7 +451,7 @@ def training_figure(history: Sequence[dict[str, Any]]) -> Figure:
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
         ax.grid(color="0.92")
         if len(tags) > 1:
             ax.legend(fontsize=6.5)

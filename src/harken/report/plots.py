@@ -295,7 +295,8 @@ def latent_figure(panels: Sequence[LatentPanel], method: str) -> Figure:
                     edgecolors="none",
                     label=d,
                 )
-        for lab in ("normal", "anomaly"):
+        others = sorted({str(x) for x in labels} - {"normal", "anomaly"})  # e.g. "unknown"
+        for lab in ("normal", "anomaly", *others):
             m = labels == lab
             if m.any():
                 ax_l.scatter(
@@ -303,7 +304,7 @@ def latent_figure(panels: Sequence[LatentPanel], method: str) -> Figure:
                     p.points[m, 1],
                     s=12,
                     alpha=0.65,
-                    color=LABEL_COLORS[lab],
+                    color=LABEL_COLORS.get(lab, "#7f7f7f"),
                     edgecolors="none",
                     label=lab,
                 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from harken.atomic import atomic_write_text
+from harken.atomic import atomic_write_json, atomic_write_text
 from harken.config import Config
 from harken.errors import DatasetError
 
@@ -159,6 +160,7 @@ def test_run(
     bootstrap: int = 0,
     seed: int = 0,
     skip_bad_clips: bool = False,
+    data_root: str | Path | None = None,
 ) -> TestOutput:
     """Score the test clips; write scores, official submission files and result tables.
 
@@ -193,6 +195,13 @@ def test_run(
             + [int(decisions[i]), repr(detector.threshold_for(c.machine, c.section))]
         )
     atomic_write_text(out_dir / "scores.csv", buffer.getvalue())
+    # Where the scored audio is, so `harken report` can show latents and reconstructions.
+    root = Path(data_root) if data_root is not None else Path(os.path.commonpath([str(c.path.parent.parent.parent) for c in test]))
+    cache = getattr(detector, "cache_dir", None)
+    atomic_write_json(
+        out_dir / "meta.json",
+        {"data_root": str(root.resolve()), "cache_dir": None if cache is None else str(Path(cache).resolve()), "decision_kind": kind},
+    )
 
     groups: dict[tuple[str, str], list[int]] = {}
     for i, c in enumerate(test):

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, [f"system={name}", f"train.seed={args.seed}", *args.overrides])
         run_dir = out / "runs" / name
         detector = train_run(config, clips, run_dir, progress=not args.no_progress, cache_dir=cache)
-        output = test_run(detector, clips, run_dir / "test", progress=not args.no_progress, bootstrap=args.bootstrap, seed=args.seed)
+        output = test_run(detector, clips, run_dir / "test", progress=not args.no_progress, bootstrap=args.bootstrap, seed=args.seed, data_root=data)
         results[name] = output.results[detector.decision_kind]
         results[name].name = name
         timings[name] = time.perf_counter() - t0

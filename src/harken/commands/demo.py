@@ -55,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
     run_dir = out / "run"
     detector = train_run(config, clips, run_dir, cache_dir=out / "cache")
     log.info("trained in %.1fs", time.perf_counter() - t0)
-    output = test_run(detector, clips, run_dir / "test", bootstrap=1000, seed=args.seed)
+    output = test_run(detector, clips, run_dir / "test", bootstrap=1000, seed=args.seed, data_root=data)
     print(format_table(output.results[detector.decision_kind], "text"))
     if not args.no_report:
+        from harken.report.cli import write_report
+
         try:
-            from harken.report.cli import write_report
-        except ImportError as exc:  # the report needs the `plot` extra
+            print(f"report: {write_report([run_dir], data_root=data, cache_dir=out / 'cache')}")
+        except ImportError as exc:  # the report needs the `plot` extra (matplotlib)
             print(f"(no report: {exc})")
-        else:
-            print(f"report: {write_report([run_dir])}")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; run directory: {run_dir}")
     return 0

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cache:
         detector.cache_dir = Path(args.cache)
     out = Path(args.out) if args.out else (run_path if run_path.is_dir() else run_path.parent) / "test"
-    output = test_run(detector, discover_clips(args.data), out, progress=not args.no_progress, bootstrap=args.bootstrap, seed=args.seed, skip_bad_clips=args.skip_bad_clips)
+    output = test_run(detector, discover_clips(args.data), out, progress=not args.no_progress, bootstrap=args.bootstrap, seed=args.seed, skip_bad_clips=args.skip_bad_clips, data_root=args.data)
     kind = detector.decision_kind
     if kind in output.results:
         print(format_table(output.results[kind], "text"))
@@ -43,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from harken.report.cli import write_report
 
-        print(f"report: {write_report([run_path if run_path.is_dir() else run_path.parent])}")
+        print(f"report: {write_report([run_path if run_path.is_dir() else run_path.parent], data_root=args.data, cache_dir=args.cache)}")
     return 0

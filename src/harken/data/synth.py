@@ -885,11 +885,14 @@ def render_clip(
     """Render one clip; return ``(float32 mono audio in [-1, 1], attribute pairs)``.
 
     ``domain`` picks the operating conditions and recording set-up of that domain.
-    ``attributes`` pins some attribute values (others are drawn for the domain), e.g. one speed
-    for a long recording made of consecutive clips.  ``anomaly_span=(t0, t1)`` (seconds) confines
-    the fault to that stretch with 20-ms fades, so a long normal recording can carry one inserted
-    anomaly; outside the span the audio equals the normal rendering sample for sample.
-    ``strength`` scales the fault (0 renders exactly the normal clip).
+    ``attributes`` pins some attribute values (others are drawn for the domain), e.g. the speed
+    of a long recording.  ``anomaly_span=(t0, t1)`` (seconds) confines the fault to that stretch
+    with 20-ms fades, so one long normal recording can carry an inserted anomaly: outside the
+    span the machine sound is the normal rendering sample for sample, and the recording differs
+    from the all-normal one only by the microphone filter's few-ms smear around the fades.
+    ``strength`` scales the fault (0 renders exactly the normal clip); ``anomaly_kind`` picks
+    one of ``ANOMALY_KINDS[machine]`` instead of the clip's random choice.  ``rng`` (a
+    Generator or a seed) decides everything else; the same value gives the same clip.
     """
     spec = _check_machine(machine)
     if domain not in DOMAINS:

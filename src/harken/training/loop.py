@@ -234,7 +234,8 @@ def train_cae(
         if main:
             log.info("resumed %s from %s at epoch %d", tag, ckpt_path, start_epoch)
     else:
-        center_batches = _center_batches(train_feats, scaler, config, device)
+        # Under DDP each rank encodes its share of the clips and the sums are all-reduced.
+        center_batches = _center_batches(train_feats[info.rank :: info.world_size], scaler, config, device)
         init_center(model, center_batches, eps=lc.center_eps, all_reduce=(lambda t: D.all_reduce_sum(t, info)) if info.enabled else None)
 
     autoencoder, classifier = model.autoencoder, model.domain_classifier

@@ -241,7 +241,7 @@ def cache_table(clips: np.ndarray, count: int) -> tuple[list[tuple[str, str]], d
         audio_dir = Path(tmp) / "audio"
         audio_dir.mkdir()
         paths = write_wavs(audio_dir, clips, count)
-        for workers in (0, 2):
+        for workers in (0, 1):
             root = Path(tmp) / f"cache{workers}"
             cache = FeatureCache(root, AudioConfig(), FeatureConfig())
             start = time.perf_counter()

@@ -13,8 +13,8 @@ Two interchangeable STFT implementations (same numbers to float32 rounding):
   the ONNX ``STFT`` operator; under the legacy TorchScript exporter, which cannot export a
   complex STFT, it falls back to the conv formulation).  CPU inference takes a workspace fast
   path (``_logmel_cpu``).  Measured single-threaded on the 2-core benchmark machine, CPU time per
-  10-s clip: 6.3 ms fast path, 21 ms ``torch.stft`` path, 58 ms ``"conv"``; librosa 16.5 ms
-  (``benchmarks/RESULTS.md``).
+  10-s clip: 5.6 ms fast path, 13.0 ms ``torch.stft`` path, 44 ms ``"conv"``; librosa 15.4 ms
+  at best (``benchmarks/RESULTS.md``).
 * ``"conv"``: ``conv1d`` of the zero-padded waveform with a windowed real-DFT basis.  Much
   slower on CPU (2 GFLOP per 10-s clip), but made only of Pad + Conv + Mul + Add, which every
   ONNX runtime handles; use it when a target runtime lacks ``STFT``.
@@ -309,8 +309,8 @@ class LogMel(nn.Module):
     # faults per clip on the benchmark VM).  This path keeps one per-thread workspace per
     # waveform shape, writes the big intermediates into it (``out=`` and in-place operations),
     # skips torch.stft's own padding and copies, and takes a batch in chunks of about
-    # _CPU_CHUNK_BYTES of spectrum.  Single-threaded it needed 7.7 ms of CPU per 10-s clip
-    # against 14.6 ms for ``_logmel`` (benchmark VM, loaded).  Same numbers as ``_logmel``
+    # _CPU_CHUNK_BYTES of spectrum.  Single-threaded it needs 5.6 ms of CPU per 10-s clip
+    # against 13.0 ms for ``_logmel`` (benchmark VM, loaded).  Same numbers as ``_logmel``
     # to float32 rounding (tests/test_logmel.py).
 
     def _use_cpu_fast_path(self, wave: Tensor) -> bool:

@@ -485,8 +485,8 @@ def test_a_cache_build_killed_mid_write_leaves_only_whole_entries(
     while not any(cache_dir.rglob("*.npy")):
         assert proc.poll() is None, "the build finished or failed before the first entry"
         assert time.monotonic() < deadline
-        time.sleep(0.005)
-    time.sleep(random.Random(3).uniform(0.0, 0.05))
+        time.sleep(0.002)
+    time.sleep(random.Random(3).uniform(0.0, 0.01))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 

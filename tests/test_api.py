@@ -95,19 +95,26 @@ def test_readme_snippet(field_run: Path, synth_root: Path, synth_params: dict[st
     assert (field_run / "model.pt").is_file() and (field_run / "config.yaml").is_file()
 
 
-def test_load_gives_the_same_scores_and_inputs_agree(field_run: Path, synth_root: Path) -> None:
+def test_load_gives_the_same_scores_and_inputs_agree(field_run: Path, synth_root: Path, tmp_path: Path) -> None:
     det = AnomalyDetector.load(field_run)
-    test = [c for c in discover(synth_root) if c.split == "test"][:4]
+    test = [c for c in discover(synth_root) if c.split == "test"][:3]
     from_clips = det.decision_function(test)
     from_paths = det.decision_function([c.path for c in test])
     np.testing.assert_array_equal(from_clips, from_paths)
     # the detector's own cache-based scoring (the harken test path) gives the same numbers
     own = det.detector_.decision_function(test)
     np.testing.assert_allclose(from_clips, own, rtol=1e-6)
-    # scores of a folder: every clip below it, sorted
-    folder = det.score_details(synth_root / "fan" / "test")
-    assert [Path(r.source).name for r in folder] == sorted(p.name for p in (synth_root / "fan" / "test").glob("*.wav"))
-    assert all(r.machine == "fan" and r.section == "00" and r.threshold_key == "fan/00" for r in folder)
+    # a folder: every WAV/FLAC below it (recursively, sorted, hidden files skipped)
+    folder = tmp_path / "site"
+    (folder / "b" / "fan" / "test").mkdir(parents=True)
+    names = ["a.wav", "b/fan/test/" + test[1].path.name, "b/fan/test/._hidden.wav"]
+    for name, clip in zip(names, test, strict=True):
+        (folder / name).write_bytes(clip.path.read_bytes())
+    (folder / "notes.txt").write_text("not scored")
+    results = det.score_details(folder, machine="fan")
+    assert [Path(r.source).relative_to(folder).as_posix() for r in results] == names[:2]
+    assert [r.score for r in results] == pytest.approx(list(from_clips[:2]), rel=1e-6)
+    assert all(r.machine == "fan" and r.section == "00" and r.threshold_key == "fan/00" for r in results)
 
 
 def test_clip_score_is_the_configured_aggregate_of_window_scores(field_run: Path, synth_root: Path) -> None:

@@ -264,22 +264,34 @@ def score_spectrograms(
 
 
 def _score_via_system(detector: Any, clips: Sequence[Any], waves: Sequence[np.ndarray]) -> list[ClipScore]:
-    """Systems without an in-memory hook (the AE baseline) score their files themselves."""
+    """Systems without an in-memory hook (the AE baseline) score their files themselves.
+
+    Such a system refuses a whole call for one clip it cannot score (a machine type it has no
+    model for): the chunk is then retried clip by clip so the failure is that clip's alone.
+    """
     if not clips:
         return []
     durations = [len(w) / detector.config.audio.sample_rate for w in waves]
-    return _results(detector, detector.score_clips(list(clips)), durations)
+    try:
+        return _results(detector, detector.score_clips(list(clips)), durations)
+    except HarkenError as exc:
+        if len(clips) == 1:
+            return [ClipScore.failed(_source(clips[0]), error_text(exc), clips[0])]
+    return [r for clip, wave in zip(clips, waves, strict=True) for r in _score_via_system(detector, [clip], [wave])]
 
 
 def _results(detector: Any, scored: Any, durations: Sequence[float | None]) -> list[ClipScore]:
     kind = detector.decision_kind
     values = np.asarray(scored.scores[kind], dtype=np.float64)
     decisions = detector.decide(scored.clips, values)
-    seconds = _window_seconds(detector)
+    seconds = _window_seconds(detector) if supports_waveforms(detector) else None
     out = []
     for i, clip in enumerate(scored.clips):
         windows = scored.windows[i] if i < len(scored.windows) else {}
-        starts = scored.window_starts[i] if i < len(scored.window_starts) else np.zeros(0)
+        starts = np.asarray(scored.window_starts[i] if i < len(scored.window_starts) else [], dtype=np.float64)
+        per_window = _window_values(detector, clip, windows, kind)
+        if len(per_window) != len(starts):  # a system that reports windows without their times
+            per_window, starts = np.zeros(0), np.zeros(0)
         out.append(
             ClipScore(
                 source=_source(clip),
@@ -292,8 +304,8 @@ def _results(detector: Any, scored: Any, durations: Sequence[float | None]) -> l
                 decision=int(decisions[i]),
                 duration_s=durations[i],
                 scores={k: float(v[i]) for k, v in scored.scores.items()},
-                window_starts=[float(s) for s in np.asarray(starts)],
-                window_scores=[float(v) for v in _window_values(detector, clip, windows, kind)],
+                window_starts=[float(s) for s in starts],
+                window_scores=[float(v) for v in per_window],
                 window_seconds=seconds,
             )
         )

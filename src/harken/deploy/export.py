@@ -280,9 +280,10 @@ def _example(graph: ClipGraph, config: Config) -> tuple[tuple[Tensor, ...], list
 
 
 def _to_onnx(graph: ClipGraph, example: tuple[Tensor, ...], names: list[str], dynamic: dict[str, Any], exporter: str) -> bytes:
-    # The exporter's own INFO lines (initializer deduplication, ...) would bury the summary.
+    # The exporter's own log lines (initializer deduplication, "torchvision is not installed")
+    # would bury the summary; its failures raise.
     for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":

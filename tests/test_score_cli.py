@@ -91,6 +91,11 @@ def test_names_without_a_pattern_need_machine(field_run: Path, synth_root: Path,
     rc, _, stderr = score(capsys, "--run", str(field_run), str(odd), "--machine", "pump")
     assert rc == 0 and "pump not among the model's" in stderr
 
+    ogg = tmp_path / "valve.ogg"
+    sf.write(ogg, sf.read(src, dtype="float32")[0], 16000, format="OGG", subtype="VORBIS")
+    rc, _, stderr = score(capsys, "--run", str(field_run), str(ogg), "--machine", "valve")
+    assert rc == 3 and "valve.ogg: not a .wav or .flac file (.ogg)" in stderr
+
 
 def test_multichannel_real_clips_use_channel_0(field_run: Path, mimii_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     wav = mimii_dir / "normal" / "00000000.wav"

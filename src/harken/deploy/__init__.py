@@ -114,8 +114,9 @@ def collect_audio_files(paths: Iterable[str | Path]) -> list[tuple[Path, str | N
     Each entry is ``(path, problem)``; ``problem`` is None for a file to score and the reason
     otherwise (a missing path, a folder without WAV/FLAC files), so one bad argument is
     reported with the others instead of ending the run.  Hidden files (``._x.wav`` from macOS
-    archives) are skipped inside folders; a file named explicitly is always tried, whatever
-    its extension, so a wrong format is reported by the decoder with its reason.
+    archives) are skipped inside folders.  A file named explicitly must be ``.wav`` or
+    ``.flac`` too (any case): libsndfile would also decode OGG or AIFF, but the model was only
+    ever checked on what the data sets ship, and the service accepts the same two.
     """
     out: list[tuple[Path, str | None]] = []
     seen: set[Path] = set()
@@ -136,7 +137,9 @@ def collect_audio_files(paths: Iterable[str | Path]) -> list[tuple[Path, str | N
                     seen.add(p)
                     out.append((p, None))
         elif path.exists():
-            if path not in seen:
+            if path.suffix.lower() not in AUDIO_SUFFIXES:
+                out.append((path, f"not a .wav or .flac file ({path.suffix or 'no extension'})"))
+            elif path not in seen:
                 seen.add(path)
                 out.append((path, None))
         else:

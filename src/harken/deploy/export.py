@@ -247,7 +247,7 @@ def _export_one(
     if verify:
         meta["parity"] = _verify(graph, path, example, names)
     atomic_write_json(sidecar, meta)
-    log.info("wrote %s and %s", path, sidecar)
+    log.debug("wrote %s and %s", path, sidecar)
     return path
 
 

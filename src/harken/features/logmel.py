@@ -155,9 +155,12 @@ class _Workspace:
     def __init__(self, batch: int, padded: int, n_fft: int, hop: int) -> None:
         frames = 1 + (padded - n_fft) // hop
         self.key = (batch, padded, n_fft, hop)
-        self.padded = torch.zeros(batch, padded)
-        self.windowed = torch.empty(batch, frames, n_fft)
-        self.power = torch.empty(batch, frames, n_fft // 2 + 1)
+        # Ordinary tensors even when first made under torch.inference_mode (the feature cache):
+        # an inference tensor could not be written later outside it (torch.no_grad scoring).
+        with torch.inference_mode(False):
+            self.padded = torch.zeros(batch, padded)
+            self.windowed = torch.empty(batch, frames, n_fft)
+            self.power = torch.empty(batch, frames, n_fft // 2 + 1)
 
 
 _WORKSPACES = threading.local()

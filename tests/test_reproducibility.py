@@ -162,3 +162,31 @@ def test_another_seed_gives_another_model(runs: dict[str, Path]) -> None:
     assert (runs["a"] / "test" / "scores.csv").read_bytes() != (
         runs["other"] / "test" / "scores.csv"
     ).read_bytes()
+
+
+def test_cache_and_in_memory_paths_give_the_same_features_in_one_process(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """The cache computes under torch.inference_mode, field scoring and the service under
+    torch.no_grad, both in one process (the Python API, ``harken score`` on a data set): the
+    second must neither fail nor differ (it once hit "Inplace update to inference tensor")."""
+    import numpy as np
+
+    from harken.config import load_config
+    from harken.data.audio import load_audio
+    from harken.features.cache import FeatureCache
+    from harken.features.logmel import LogMel
+
+    config = load_config("demo", ["features.n_mels=32"])
+    path = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
+    cached = np.asarray(
+        FeatureCache(tmp_path, config.audio, config.features).get(path), dtype=np.float32
+    )
+    wave = torch.from_numpy(load_audio(path, config.audio))
+    logmel = LogMel(config.features, config.audio.sample_rate)
+    with torch.no_grad():
+        field = logmel(wave)[0].numpy()
+    with torch.inference_mode():
+        again = logmel(wave)[0].numpy()
+    assert np.array_equal(field, again)
+    assert np.array_equal(cached, field.astype(config.features.cache_dtype).astype(np.float32))

@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-target", type=int, default=6)
     p.add_argument("--test-per-cell", type=int, default=15)
     p.add_argument("--duration", type=float, default=4.0, help="clip length in seconds")
+    p.add_argument("--strength", type=float, default=1.0, help="fault strength of the synthetic anomalies")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides on top of configs/demo.yaml")
     p.set_defaults(func=run)
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         n_train_target=args.train_target,
         n_test=args.test_per_cell,
         duration=args.duration,
+        strength=args.strength,
     )
     log.info("synthesized %s in %.1fs", data, time.perf_counter() - t0)
     config = load_config("demo", [f"train.seed={args.seed}", *args.overrides])

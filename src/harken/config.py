@@ -138,7 +138,8 @@ class TrainConfig:
     # "auto": bf16 autocast on CUDA devices with bf16, fp32 elsewhere (CPU bf16 without
     # AVX512-BF16/AMX is emulated and slower; docs/SPEED.md).
     precision: str = "auto"  # "auto" | "fp32" | "bf16"
-    channels_last: bool = False
+    # channels-last: oneDNN/cuDNN convolutions without layout reorders (measured: benchmarks/RESULTS.md)
+    channels_last: bool = True
     compile: bool = False
     num_workers: int = 0
     # torch intra-op threads (also ONNX Runtime's when scoring); 0 keeps PyTorch's default.

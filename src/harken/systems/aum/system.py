@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -213,7 +213,7 @@ def train_aum(
     best: dict[str, Any] = {"auc": -math.inf, "epoch": -1, "state": None}
     if resume and ckpt_path is not None and ckpt_path.exists():
         checkpoint = load_checkpoint(ckpt_path, kind="training", map_location=device)
-        check_resumable(checkpoint, config, clips, ckpt_path)
+        check_resumable(checkpoint, _with_stored_epochs(config, checkpoint), clips, ckpt_path)
         state = checkpoint["training"]
         model.load_state_dict(state["model"])
         enc_opt.load_state_dict(state["enc_opt"])
@@ -323,6 +323,13 @@ def train_aum(
         model.load_state_dict(best["state"])
     model.eval()
     return AuMTrainResult(model, scaler, history, best["epoch"], best["auc"])
+
+
+def _with_stored_epochs(config: Config, checkpoint: dict[str, Any]) -> Config:
+    """``config`` with the checkpoint's ``aum.epochs``: training longer is a legitimate resume
+    (``check_resumable`` only knows CAE-DANN's ``train.epochs`` as such)."""
+    stored = checkpoint.get("config", {}).get("aum", {}).get("epochs", config.aum.epochs)
+    return replace(config, aum=replace(config.aum, epochs=int(stored)))
 
 
 def aum_step(

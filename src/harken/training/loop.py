@@ -129,8 +129,6 @@ def _autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch
     return autocast_dtype(precision, device)
 
 
-
-
 def _seed_everything(seed: int, epoch: int) -> None:
     torch.manual_seed(seed * 100_003 + epoch)
 

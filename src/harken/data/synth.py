@@ -666,20 +666,20 @@ def _slider(c: _Ctx) -> tuple[np.ndarray, float]:
             idx = _poisson_times(n, sr, a, 40.0)
             idx = idx[rel[idx] > 0.2]
             kern = _kernel(sr, [(4500.0 * a.uniform(0.9, 1.1), 0.002, 1.0), (2100.0, 0.003, 0.5)])
-            x += _F32(c.eff * 0.7 * ref) * _strike(n, idx, a.uniform(0.5, 1.0, idx.size), kern)
+            x += _F32(c.eff * 0.9 * ref) * _strike(n, idx, a.uniform(0.5, 1.0, idx.size), kern)
         elif c.kind == "bump":
             # a dent in the rail: a tick each time the carriage passes one position, scaled so
             # the tick energy per second does not grow with stroke rate (faster is not easier)
             x0 = a.uniform(0.2, 0.8) * stroke
             idx = np.flatnonzero(np.diff(np.sign(pos - x0)) != 0) + 1
             kern = _kernel(sr, [(1800.0, 0.01, 1.0), (3900.0, 0.003, 0.6)])
-            x += _F32(c.eff * 6.5 * ref * math.sqrt(1.2 / (t_move + dwell))) * _strike(
+            x += _F32(c.eff * 8.0 * ref * math.sqrt(1.2 / (t_move + dwell))) * _strike(
                 n, idx, a.uniform(0.8, 1.2, idx.size), kern
             )
         else:  # squeal: dry bearing blocks singing while moving
             f0 = a.uniform(2500.0, 3500.0) * (1 + 0.01 * np.sin(_TWO_PI * 6.0 * t))
             squeal = _Rotor(_turns(f0, n, sr, a), 0.0, sr).sin()
-            x += _F32(c.eff * 0.2 * ref) * rel * squeal
+            x += _F32(c.eff * 0.25 * ref) * rel * squeal
     return x, ref
 
 
@@ -747,17 +747,17 @@ def _toytrain(c: _Ctx) -> tuple[np.ndarray, float]:
             # a flat spot on a wheel: a thump every wheel turn
             idx = _crossings(wheel.turns, 1.0, a.uniform())
             kern = _kernel(sr, [(250.0, 0.012, 1.0), (1000.0, 0.004, 0.6)])
-            x += _F32(c.eff * 3.0 * ref) * _strike(n, idx, a.uniform(0.8, 1.2, idx.size), kern)
+            x += _F32(c.eff * 2.0 * ref) * _strike(n, idx, a.uniform(0.8, 1.2, idx.size), kern)
         elif c.kind == "scrape":
             # a flange rubbing the rail in bursts
             gate = _ramp_gate((_wander(n, sr, a, 3.0, 1.0) > 1.6).astype(_F32), sr, 0.01)
             noise = _shaped_noise(n, sr, a, _shape(n, sr, 2000.0, 6500.0))
-            x += _F32(c.eff * 0.8 * ref) * noise * gate
+            x += _F32(c.eff * 1.0 * ref) * noise * gate
         else:  # motor: worn brushes arcing, more at some rotor angles than others
             idx = _poisson_times(n, sr, a, 200.0)
             kern = _kernel(sr, [(5200.0, 0.0008, 1.0), (3400.0, 0.001, 0.6)])
             weights = (0.5 + 0.5 * rotor.sin()[idx] ** 2) * a.uniform(0.5, 1.5, idx.size)
-            x += _F32(c.eff * 0.5 * ref) * _strike(n, idx, weights, kern)
+            x += _F32(c.eff * 0.7 * ref) * _strike(n, idx, weights, kern)
     return x, ref
 
 

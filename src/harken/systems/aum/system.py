@@ -113,8 +113,9 @@ class SVDDScorer(nn.Module):
 def window_scorer(model: AudioMamba, scaler: Scaler, device: torch.device | str) -> WindowScorer:
     """A float32 inference-mode scorer on a *copy* of ``model`` (training continues unaffected).
 
-    The copy runs mambapy's sequential scan: without autograd it is about twice as fast on CPU
-    as the parallel scan, which pads the 65-token sequence of a 128 x 128 window to 128.
+    On CPU the copy runs mambapy's sequential scan: without autograd it is about twice as fast
+    there as the parallel scan, which pads the 65-token sequence of a 128 x 128 window to 128.
+    On a GPU the parallel scan (or mamba-ssm's kernel) stays, as sequential steps would idle it.
     """
     scorer = TorchScorer(
         SVDDScorer(model, scaler),
@@ -123,7 +124,8 @@ def window_scorer(model: AudioMamba, scaler: Scaler, device: torch.device | str)
         channels_last=False,
         fold_bn=False,
     )
-    scorer.module.model.mamba_config.pscan = False  # the copy's shared block config only
+    # The copy's block config (shared by its blocks only), not the training model's.
+    scorer.module.model.mamba_config.pscan = torch.device(device).type != "cpu"
     return scorer
 
 

@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             repeats=max(1, args.repeats - 1),
         )
         e2e.append([name, len(clips), seconds * 1e3 / len(clips)])
+        print(f"  end to end, {len(clips)} ten-second clips: {name:45s} {seconds * 1e3 / len(clips):8.2f} ms/clip")
+    for note in setup_notes:
+        print(f"  {note}")
 
     load_after = load()
     headers = [

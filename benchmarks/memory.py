@@ -11,7 +11,8 @@ resident set right after imports and model construction, for reference.
 
 * ``train``: the full alternating step (:func:`harken.systems.cae_dann.loss.train_step`, both
   optimizers, all losses) at 128 x 1024 and ``--batch`` (256, the paper's), with harken's
-  default speed settings (``TrainConfig``), three steps.
+  default speed settings (``TrainConfig``: channels-last, glibc keeping freed memory for
+  reuse), three steps.
 * ``train-naive``: the same with Algorithm 1's two separate forwards, NCHW (for comparison).
 * ``score``: ``--clips`` ten-second clips (1026 frames, windows of 1024 every 512) through
   :func:`harken.scoring.score_spectrograms` with the default backend (``score.backend=auto``:
@@ -60,6 +61,10 @@ def child(kind: str, batch: int, clips: int) -> dict[str, float]:
     if kind.startswith("train"):
         naive = kind == "train-naive"
         channels_last = TrainConfig().channels_last and not naive
+        if TrainConfig().retain_memory and not naive:
+            from harken.speed import retain_freed_memory
+
+            retain_freed_memory()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)

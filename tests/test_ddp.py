@@ -78,10 +78,11 @@ def _rank_logs(logs: Path) -> dict[int, str]:
 def runs(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     base = tmp_path_factory.mktemp("ddp")
     cache = base / "cache"
-    single = subprocess.run(
-        [sys.executable, *_train_cmd(synth_root, base / "single", cache)], capture_output=True, text=True, timeout=TIMEOUT, env=_env(), check=False
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    from harken.config import load_config
+    from harken.pipeline import discover_clips, train_run
+
+    # the single-process reference, in this process (what `harken train` without torchrun does)
+    train_run(load_config("demo", OVERRIDES), discover_clips(synth_root), base / "single", progress=False, cache_dir=cache)
     ddp = _torchrun(_train_cmd(synth_root, base / "ddp", cache), base / "logs")
     return {"base": base, "cache": cache, "data": synth_root, "ddp": ddp, "logs": _rank_logs(base / "logs")}
 

@@ -144,6 +144,8 @@ class TrainConfig:
     num_workers: int = 0
     # torch intra-op threads (also ONNX Runtime's when scoring); 0 keeps PyTorch's default.
     threads: int = 0
+    # CPU training: glibc keeps freed memory for reuse (no page faults per step; RSS stays at peak).
+    retain_memory: bool = True
     # DDP BatchNorm: per-rank statistics with rank 0's buffers broadcast (default), or SyncBatchNorm.
     sync_batchnorm: bool = False
     include_supplemental: bool = True

@@ -44,7 +44,7 @@ from harken.evaluation.threshold import fit_gamma_threshold
 from harken.features.scaling import Scaler, ScalerModule
 from harken.features.windows import center_crop, fit_length
 from harken.scoring import score_spectrograms
-from harken.speed import set_threads
+from harken.speed import retain_freed_memory, set_threads
 from harken.systems.cae_dann.loss import train_step
 from harken.systems.cae_dann.torch_model import CAEDANN, CAEScorer, init_center
 from harken.training import distributed as D
@@ -148,6 +148,8 @@ def train_cae(
     info = D.setup("cuda" if tc.device.startswith("cuda") or (tc.device == "auto" and torch.cuda.is_available()) else "cpu")
     device = D.resolve_device(tc.device, info)
     set_threads(tc.threads)
+    if tc.retain_memory and device.type == "cpu":
+        retain_freed_memory()
     autocast_dtype = _autocast_dtype(tc.precision, device)
     main = info.is_main
 

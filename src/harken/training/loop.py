@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from harken.atomic import atomic_open
 from harken.augment.pseudo import PseudoAnomalyMaker
 from harken.config import Config
-from harken.errors import CheckpointError, DatasetError
+from harken.errors import CheckpointError, ConfigError, DatasetError
 from harken.evaluation.threshold import fit_gamma_threshold
 from harken.features.scaling import Scaler, ScalerModule
 from harken.features.windows import center_crop, fit_length
@@ -198,6 +198,8 @@ def train_cae(
     torch.manual_seed(tc.seed)
     model = CAEDANN(**model_args(config)).to(device)
     if tc.sync_batchnorm and info.enabled:
+        if device.type == "cpu":  # PyTorch's SyncBatchNorm refuses CPU tensors mid-training
+            raise ConfigError("train.sync_batchnorm=true needs GPU ranks; CPU ranks keep per-rank BatchNorm statistics")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)

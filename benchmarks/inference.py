@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         variants.append(("onnxruntime (default on CPU)", ort_scorer))
     if native_bf16(device) or args.bf16:
-        label = "torch fast, bf16 decoder + fp32 encoder" + ("" if native_bf16(device) else " (emulated bf16)")
+        label = "torch fast, bf16 decoder + fp32 encoder" + (
+            "" if native_bf16(device) else " (emulated bf16)"
+        )
         variants.append((label, TorchScorer(plain, names, device=device, dtype=torch.bfloat16)))
     if args.compile:
         fast = TorchScorer(plain, names, device=device)
@@ -212,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             repeats=max(1, args.repeats - 1),
         )
         e2e.append([name, len(clips), seconds * 1e3 / len(clips)])
-        print(f"  end to end, {len(clips)} ten-second clips: {name:45s} {seconds * 1e3 / len(clips):8.2f} ms/clip")
+        print(
+            f"  end to end, {len(clips)} ten-second clips: {name:45s} {seconds * 1e3 / len(clips):8.2f} ms/clip"
+        )
     for note in setup_notes:
         print(f"  {note}")
 

@@ -82,7 +82,9 @@ def child(kind: str, batch: int, clips: int) -> dict[str, float]:
 
                 naive_step(model, x, domain, pseudo, lc, ae_opt, clf_opt)
             else:
-                train_step(model, x, domain, pseudo, lc, ae_opt, clf_opt, channels_last=channels_last)
+                train_step(
+                    model, x, domain, pseudo, lc, ae_opt, clf_opt, channels_last=channels_last
+                )
     else:
         from harken.features.scaling import Scaler
         from harken.scoring import score_spectrograms
@@ -90,7 +92,9 @@ def child(kind: str, batch: int, clips: int) -> dict[str, float]:
 
         rng = np.random.default_rng(0)
         specs = [rng.normal(-40, 12, size=(128, 1026)).astype(np.float32) for _ in range(clips)]
-        scaler = Scaler.fit(specs[:4], __import__("harken.config", fromlist=["ScalingConfig"]).ScalingConfig())
+        scaler = Scaler.fit(
+            specs[:4], __import__("harken.config", fromlist=["ScalingConfig"]).ScalingConfig()
+        )
         backend = "torch" if kind == "score-torch" else ScoreConfig().backend
         scorer = window_scorer(model.eval(), scaler, backend=backend)
         out["baseline"] = _rss_now()
@@ -109,11 +113,15 @@ def run_child(kind: str, batch: int, clips: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--clips", type=int, default=64, help="ten-second clips to score")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--skip-naive", action="store_true", help="do not measure the naive training step")
+    parser.add_argument(
+        "--skip-naive", action="store_true", help="do not measure the naive training step"
+    )
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
     if args.child:
@@ -126,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     print(info.line())
     kinds = [("train", f"training step, batch {args.batch}, harken defaults")]
     if not args.skip_naive:
-        kinds.append(("train-naive", f"training step, batch {args.batch}, naive (two forwards, NCHW)"))
+        kinds.append(
+            ("train-naive", f"training step, batch {args.batch}, naive (two forwards, NCHW)")
+        )
     kinds += [
         ("score", f"scoring {args.clips} ten-second clips, default backend (ONNX Runtime on CPU)"),
         ("score-torch", f"scoring {args.clips} ten-second clips, torch backend"),
@@ -135,9 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     for kind, label in kinds:
         r = run_child(kind, args.batch, args.clips)
         rows.append([label, r["peak"] / 2**30, r["baseline"] / 2**30, r["seconds"]])
-        print(f"  {label:70s} peak {r['peak'] / 2**30:6.2f} GiB (after set-up {r['baseline'] / 2**30:5.2f} GiB)", flush=True)
+        print(
+            f"  {label:70s} peak {r['peak'] / 2**30:6.2f} GiB (after set-up {r['baseline'] / 2**30:5.2f} GiB)",
+            flush=True,
+        )
     load_after = load()
-    table = markdown_table(["process", "peak RSS (GiB)", "RSS after imports + set-up (GiB)", "seconds"], rows)
+    table = markdown_table(
+        ["process", "peak RSS (GiB)", "RSS after imports + set-up (GiB)", "seconds"], rows
+    )
     print(table)
     body = (
         "Peak resident set (`ru_maxrss`) of a fresh process doing only the named work, CPU, fp32, 128 x 1024 inputs; "

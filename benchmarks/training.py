@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         gc.collect()
 
+    for note in notes:
+        print(f"  {note}")
     load_after = load()
     table = markdown_table(
         [

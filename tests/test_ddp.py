@@ -58,12 +58,41 @@ def _env() -> dict[str, str]:
 
 
 def _train_cmd(data: Path, out: Path, cache: Path, extra: list[str] | None = None) -> list[str]:
-    return ["-m", "harken", "train", "--data", str(data), "--out", str(out), "--config", "demo", "--cache", str(cache), "--no-progress", *OVERRIDES, *(extra or [])]
+    return [
+        "-m",
+        "harken",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--config",
+        "demo",
+        "--cache",
+        str(cache),
+        "--no-progress",
+        *OVERRIDES,
+        *(extra or []),
+    ]
 
 
 def _torchrun(args: list[str], logs: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--log-dir",
+        str(logs),
+        "--redirects",
+        "3",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), check=False
+    )
 
 
 def _rank_logs(logs: Path) -> dict[int, str]:
@@ -82,9 +111,21 @@ def runs(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     from harken.pipeline import discover_clips, train_run
 
     # the single-process reference, in this process (what `harken train` without torchrun does)
-    train_run(load_config("demo", OVERRIDES), discover_clips(synth_root), base / "single", progress=False, cache_dir=cache)
+    train_run(
+        load_config("demo", OVERRIDES),
+        discover_clips(synth_root),
+        base / "single",
+        progress=False,
+        cache_dir=cache,
+    )
     ddp = _torchrun(_train_cmd(synth_root, base / "ddp", cache), base / "logs")
-    return {"base": base, "cache": cache, "data": synth_root, "ddp": ddp, "logs": _rank_logs(base / "logs")}
+    return {
+        "base": base,
+        "cache": cache,
+        "data": synth_root,
+        "ddp": ddp,
+        "logs": _rank_logs(base / "logs"),
+    }
 
 
 def _test_scores(run: Path, data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -99,14 +140,17 @@ def _test_scores(run: Path, data: Path, cache: Path) -> tuple[np.ndarray, np.nda
     return scores, labels
 
 
-def _auc_and_halfwidth(scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+def _auc_and_halfwidth(
+    scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     from sklearn.metrics import roc_auc_score
 
     auc = float(roc_auc_score(labels, scores))
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     boot = []
-    for _ in range(n):  # resample within each class (stratified), as harken.evaluation.bootstrap does
+    # resample within each class (stratified), as harken.evaluation.bootstrap does
+    for _ in range(n):
         idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
         boot.append(roc_auc_score(labels[idx], scores[idx]))
     lo, hi = np.percentile(boot, [2.5, 97.5])
@@ -153,12 +197,19 @@ def test_ddp_resume_continues_the_run(runs: dict[str, object]) -> None:
     assert isinstance(ddp, subprocess.CompletedProcess) and ddp.returncode == 0
     before = (base / "ddp" / "model.pt").stat().st_mtime_ns
     resumed = _torchrun(
-        [*_train_cmd(Path(str(runs["data"])), base / "ddp", Path(str(runs["cache"])), ["train.epochs=3"]), "--resume"], base / "logs-resume"
+        [
+            *_train_cmd(
+                Path(str(runs["data"])), base / "ddp", Path(str(runs["cache"])), ["train.epochs=3"]
+            ),
+            "--resume",
+        ],
+        base / "logs-resume",
     )
     logs = _rank_logs(base / "logs-resume")
     assert resumed.returncode == 0, (resumed.stderr[-2000:], logs)
     assert "resumed" in logs[0] and "epoch 3/3" in logs[0]
-    assert "epoch 1/3" not in logs[0] and "epoch 2/3" not in logs[0]  # finished epochs are not redone
+    # finished epochs are not redone
+    assert "epoch 1/3" not in logs[0] and "epoch 2/3" not in logs[0]
     rows = (base / "ddp" / "logs" / "all.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3
     assert (base / "ddp" / "model.pt").stat().st_mtime_ns > before
@@ -200,8 +251,14 @@ def rank_job(out: str, overrides: list[str]) -> None:
             feats.append((profile + rng.normal(0, 4, (128, 80))).astype(np.float32))
     result = train_cae(clips, feats, config, run_dir=None, progress=False)
     state = result.model.state_dict()
-    digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in state.values())).hexdigest()
-    record = {"digest": digest, "center": result.model.center.tolist(), "loss": [r["loss"] for r in result.history]}
+    digest = hashlib.sha256(
+        b"".join(v.detach().cpu().numpy().tobytes() for v in state.values())
+    ).hexdigest()
+    record = {
+        "digest": digest,
+        "center": result.model.center.tolist(),
+        "loss": [r["loss"] for r in result.history],
+    }
     Path(out).write_text(json.dumps(record))
     D.teardown(D.current())
 
@@ -217,20 +274,46 @@ def _free_port() -> int:
 
 def test_ddp_ranks_hold_one_model_and_the_global_center(tmp_path: Path) -> None:
     overrides = [o for o in OVERRIDES if not o.startswith("train.epoch")]
-    overrides += ["train.epochs=2", "train.epoch_size=64", "train.val_fraction=0", "loss.center_eps=1e-9"]
+    overrides += [
+        "train.epochs=2",
+        "train.epoch_size=64",
+        "train.val_fraction=0",
+        "loss.center_eps=1e-9",
+    ]
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        env = _env() | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-c", RANK_CMD, str(Path(__file__).parent), str(tmp_path / f"rank{rank}.json"), json.dumps(overrides)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = _env() | {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        cmd = [
+            sys.executable,
+            "-c",
+            RANK_CMD,
+            str(Path(__file__).parent),
+            str(tmp_path / f"rank{rank}.json"),
+            json.dumps(overrides),
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     try:
         rank_job(str(tmp_path / "single.json"), overrides)  # the single-process reference, here
     finally:
         errors = [proc.communicate(timeout=TIMEOUT)[1] for proc in procs]
     for proc, err in zip(procs, errors, strict=True):
         assert proc.returncode == 0, err[-3000:]
-    r0, r1, ref = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("rank0", "rank1", "single"))
+    r0, r1, ref = (
+        json.loads((tmp_path / f"{n}.json").read_text()) for n in ("rank0", "rank1", "single")
+    )
     # gradients are averaged and buffers broadcast: both ranks end with the very same model
     assert r0["digest"] == r1["digest"]
     # each rank trained on its own slice of every epoch: their local losses differ

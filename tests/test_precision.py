@@ -63,7 +63,9 @@ def _clip_scores(detector, specs, **kw) -> dict[str, np.ndarray]:
 
     scorer = window_scorer(detector.models["all"], detector.scalers["all"], device="cpu", **kw)
     results = score_spectrograms(specs, scorer, detector.config.window, batch_size=64)
-    return {k: np.array([r.aggregate("mean")[k] for r in results]) for k in ("reconstruction", "svdd")}
+    return {
+        k: np.array([r.aggregate("mean")[k] for r in results]) for k in ("reconstruction", "svdd")
+    }
 
 
 def test_bf16_autocast_keeps_the_score_ranks(trained) -> None:
@@ -93,15 +95,22 @@ def test_fast_paths_give_the_plain_scores(trained) -> None:
         return {"reconstruction": recon, "svdd": svdd}
 
     ref = score_spectrograms(specs, reference, detector.config.window)
-    ref_scores = {k: np.concatenate([r.windows[k] for r in ref]) for k in ("reconstruction", "svdd")}
+    ref_scores = {
+        k: np.concatenate([r.windows[k] for r in ref]) for k in ("reconstruction", "svdd")
+    }
     backends = ["torch"] + (["onnxruntime"] if onnxruntime_available() else [])
     for backend in backends:
-        scorer = build_window_scorer(plain, ("reconstruction", "svdd"), torch.zeros(1, 128, 64), backend=backend)
+        scorer = build_window_scorer(
+            plain, ("reconstruction", "svdd"), torch.zeros(1, 128, 64), backend=backend
+        )
         got = score_spectrograms(specs, scorer, detector.config.window)
         for kind, want in ref_scores.items():
             have = np.concatenate([r.windows[kind] for r in got])
-            np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-7, err_msg=f"{backend} {kind}")
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model itself is not folded
+            np.testing.assert_allclose(
+                have, want, rtol=1e-4, atol=1e-7, err_msg=f"{backend} {kind}"
+            )
+    # the model itself is not folded
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 def test_fold_batchnorm_is_exact_and_leaves_the_original_alone() -> None:
@@ -139,7 +148,9 @@ def test_channels_last_fast_scorer_matches_nchw() -> None:
     with torch.no_grad():
         want = plain(x)
     for cl in (False, True):
-        have = TorchScorer(plain, CAEScorer.output_names, device=torch.device("cpu"), channels_last=cl)(x)
+        have = TorchScorer(
+            plain, CAEScorer.output_names, device=torch.device("cpu"), channels_last=cl
+        )(x)
         torch.testing.assert_close(have["reconstruction"], want[0], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(have["svdd"], want[1], rtol=1e-5, atol=1e-6)
 
@@ -147,7 +158,8 @@ def test_channels_last_fast_scorer_matches_nchw() -> None:
 def test_precision_and_backend_resolution() -> None:
     assert autocast_dtype("fp32", "cpu") is None
     assert autocast_dtype("bf16", "cpu") is torch.bfloat16
-    assert autocast_dtype("auto", "cpu") is None  # CPU: fp32 by default (bf16 unmeasured / emulated)
+    # CPU: fp32 by default (bf16 unmeasured or emulated)
+    assert autocast_dtype("auto", "cpu") is None
     with pytest.raises(ValueError, match="precision"):
         autocast_dtype("int8", "cpu")
     assert resolve_backend("torch", "cpu") == "torch"
@@ -172,9 +184,20 @@ def test_bf16_training_step_runs_and_stays_close() -> None:
         init_center(model, [x])
         ae = torch.optim.AdamW(model.autoencoder.parameters(), lr=1e-4)
         clf = torch.optim.AdamW(model.domain_classifier.parameters(), lr=1e-4)
-        logs = train_step(model, x, domain, pseudo, LossConfig(), ae, clf, autocast_dtype=dtype, channels_last=True)
+        logs = train_step(
+            model,
+            x,
+            domain,
+            pseudo,
+            LossConfig(),
+            ae,
+            clf,
+            autocast_dtype=dtype,
+            channels_last=True,
+        )
         assert all(np.isfinite(v) for v in logs.values())
-        assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a bf16 model
+        # autocast, not a bf16 model
+        assert all(p.dtype == torch.float32 for p in model.parameters())
         losses[name] = logs
     for key in ("loss", "recon", "svdd", "adv"):
         assert losses["bf16"][key] == pytest.approx(losses["fp32"][key], rel=0.05, abs=1e-3), key

@@ -104,7 +104,9 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     return {"fp32": None, "bf16": torch.bfloat16}[precision]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+def autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
     """``torch.autocast`` for ``device.type``, or a no-op for fp32."""
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
@@ -138,7 +140,10 @@ def retain_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+        ok = (
+            libc.mallopt(_M_MMAP_MAX, 0) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+        )
     except (OSError, AttributeError):
         return False
     _retained = bool(ok)
@@ -161,7 +166,11 @@ def _fold_sequential(seq: nn.Sequential) -> None:
     i = 0
     while i < len(names) - 1:
         conv, bn = seq._modules[names[i]], seq._modules[names[i + 1]]
-        if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+        if (
+            isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
+            and isinstance(bn, nn.BatchNorm2d)
+            and bn.track_running_stats
+        ):
             fused = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
             seq._modules[names[i]] = fused
             seq._modules[names[i + 1]] = nn.Identity()
@@ -198,7 +207,11 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"score backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "onnxruntime" if torch.device(device).type == "cpu" and onnxruntime_available() else "torch"
+        return (
+            "onnxruntime"
+            if torch.device(device).type == "cpu" and onnxruntime_available()
+            else "torch"
+        )
     return backend
 
 
@@ -295,7 +308,14 @@ class OnnxRuntimeScorer:
     ``train.threads`` governs both.  Inputs and outputs stay float32.
     """
 
-    def __init__(self, module: nn.Module, example: Tensor, names: tuple[str, ...], *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        example: Tensor,
+        names: tuple[str, ...],
+        *,
+        threads: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.names = names
@@ -304,7 +324,9 @@ class OnnxRuntimeScorer:
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(self.model_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            self.model_bytes, options, providers=["CPUExecutionProvider"]
+        )
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
         feed = {"x": x.detach().to("cpu", torch.float32).contiguous().numpy()}
@@ -334,7 +356,9 @@ def build_window_scorer(
     chosen = resolve_backend(backend, device)
     if chosen == "onnxruntime" and dtype is not None:
         if backend == "onnxruntime":
-            raise ValueError("score.backend=onnxruntime runs float32 only; use score.backend=torch for bf16")
+            raise ValueError(
+                "score.backend=onnxruntime runs float32 only; use score.backend=torch for bf16"
+            )
         chosen = "torch"
     if chosen == "onnxruntime":
         if device.type != "cpu":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -14,7 +13,7 @@ from harken.evaluation.bootstrap import (
     resample_indices,
 )
 from harken.evaluation.evaluate import ScoreRecord, evaluate_arrays
-from harken.evaluation.metrics import EvaluationResult, evaluator_ci95, fast_roc_auc
+from harken.evaluation.metrics import evaluator_ci95, fast_roc_auc
 
 
 # --------------------------------------------------------------------------- fast ROC area

@@ -32,12 +32,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="harken-ablation")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-target", type=int, default=15)
+    parser.add_argument("--train-target", type=int, default=6, help="as harken demo")
+    parser.add_argument("--strength", type=float, default=1.0, help="fault strength of the synthetic anomalies")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     out = Path(args.out)
     data = synthesize(out / "data", machines=list(DEMO_MACHINES), seed=args.seed, n_train_source=60,
-                      n_train_target=args.train_target, n_test=15, duration=4.0, progress=False)
+                      n_train_target=args.train_target, n_test=15, duration=4.0, strength=args.strength, progress=False)
     clips = discover_clips(data)
     results = {}
     for name, switches in VARIANTS.items():

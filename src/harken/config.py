@@ -127,6 +127,8 @@ class TrainConfig:
     weight_decay: float = 1e-5
     plateau_factor: float = 0.5
     plateau_patience: int = 5
+    # Which epoch's weights the run keeps: "best" validation AUC (the report) or the "last".
+    selection: str = "best"  # "best" | "last"
     # Validation: this fraction of normal training clips (per machine x domain, at least one
     # target clip where a machine has two or more) is held out with its pseudo-anomalies.
     val_fraction: float = 0.1

@@ -145,6 +145,8 @@ def train_cae(
 ) -> TrainResult:
     """Train one CAE-DANN-SVDD model on normal training ``clips`` (dB log-mel ``features``)."""
     tc, lc = config.train, config.loss
+    if tc.selection not in ("best", "last"):
+        raise ConfigError(f"train.selection must be 'best' or 'last', got {tc.selection!r}")
     info = D.setup("cuda" if tc.device.startswith("cuda") or (tc.device == "auto" and torch.cuda.is_available()) else "cpu")
     device = D.resolve_device(tc.device, info)
     set_threads(tc.threads)
@@ -300,7 +302,7 @@ def train_cae(
         row = {"tag": tag, "epoch": epoch + 1, **{k: v / max(n_steps, 1) for k, v in sums.items()}}
         row.update(val_auc=val_auc, lr=ae_opt.param_groups[0]["lr"], epoch_seconds=train_time, data_seconds=t_data)
         history.append(row)
-        if metric > best["auc"]:
+        if metric > best["auc"] or tc.selection == "last":
             best = {
                 "auc": metric,
                 "epoch": epoch + 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,31 @@ def test_unknown_field_in_yaml_names_the_file(tmp_path: Path) -> None:
     path.write_text("train:\n  epochz: 3\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("train.batch_size=0", "train.batch_size must be > 0, got 0"),
+        ("train.lr=-0.001", "train.lr must be > 0"),
+        ("train.val_fraction=1", "train.val_fraction must be >= 0 and < 1"),
+        ("train.setting=everything", "train.setting must be one of 'generalized', 'per_machine'"),
+        ("window.frames=0", "window.frames must be > 0"),
+        ("window.aggregate=median", "window.aggregate must be one of 'mean', 'max'"),
+        ("score.threshold_quantile=1.0", "score.threshold_quantile must be between 0 and 1"),
+        ("model.domain_dropout=1", "model.domain_dropout"),
+        ("scaling.q_low=0.9995", "scaling.q_low (0.9995) must be below scaling.q_high (0.999)"),
+        ("features.f_max=0", "features.f_max (0.0) must be above features.f_min"),
+        ("model.channels=[16,0]", "model.channels must be a non-empty list of positive integers"),
+        ("score.fused_weights=[0,0]", "score.fused_weights must be non-negative with a positive sum"),
+    ],
+)
+def test_out_of_range_values_are_refused_when_loaded(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config("demo", [override])
+
+
+def test_boundary_values_that_mean_something_are_accepted() -> None:
+    # 0 epochs: build the model and its center without training; 0 val_fraction: no hold-out
+    config = load_config("demo", ["train.epochs=0", "train.val_fraction=0", "train.epoch_size=0", "loss.alpha_recon=0"])
+    assert (config.train.epochs, config.train.val_fraction, config.loss.alpha_recon) == (0, 0.0, 0.0)

@@ -220,7 +220,113 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> Config:
-        return _build(cls, data, source, "")
+        config = _build(cls, data, source, "")
+        check_ranges(config, source=source)
+        return config
+
+
+# Value constraints, checked when a config is loaded so that a bad value stops the run at once
+# with the field's name, not later inside PyTorch with a traceback.  (field, test, requirement)
+_GT0 = (lambda v: v > 0, "must be > 0")
+_GE0 = (lambda v: v >= 0, "must be >= 0")
+_UNIT_OPEN = (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)")
+_UNIT_HALF_OPEN = (lambda v: 0 <= v < 1, "must be >= 0 and < 1")
+
+
+def _one_of(*choices: str) -> tuple[Any, str]:
+    return (lambda v: v in choices, "must be one of " + ", ".join(repr(c) for c in choices))
+
+
+_RANGES: dict[str, tuple[Any, str]] = {
+    "audio.sample_rate": _GT0,
+    "audio.channel": _one_of("select", "mean"),
+    "audio.channel_index": _GE0,
+    "audio.resample": _one_of("polyphase", "refuse"),
+    "audio.nonfinite": _one_of("error", "zero"),
+    "features.n_fft": _GT0,
+    "features.win_length": _GT0,
+    "features.hop_length": _GT0,
+    "features.n_mels": _GT0,
+    "features.f_min": _GE0,
+    "features.power": _GT0,
+    "features.amin": _GT0,
+    "window.frames": _GT0,
+    "window.test_hop": _GT0,
+    "window.train_crop": _one_of("random", "center"),
+    "window.aggregate": _one_of("mean", "max"),
+    "window.short_clip": _one_of("repeat", "pad", "error"),
+    "scaling.kind": _one_of("band_minmax", "global_minmax"),
+    "scaling.q_low": _UNIT_HALF_OPEN,
+    "scaling.q_high": (lambda v: 0 < v <= 1, "must be > 0 and <= 1"),
+    "model.latent_dim": _GT0,
+    "model.domain_hidden": _GT0,
+    "model.domain_dropout": _UNIT_HALF_OPEN,
+    "model.grl_lambda": _GE0,
+    "loss.alpha_recon": _GE0,
+    "loss.svdd_nu": _GE0,
+    "loss.center_eps": _GE0,
+    "augment.fraction": (lambda v: 0 < v <= 1, "must be > 0 and <= 1"),
+    "augment.strength": _GE0,
+    "train.setting": _one_of("generalized", "per_machine"),
+    "train.epochs": _GE0,
+    "train.batch_size": _GT0,
+    "train.lr": _GT0,
+    "train.weight_decay": _GE0,
+    "train.plateau_factor": _UNIT_OPEN,
+    "train.plateau_patience": _GE0,
+    "train.selection": _one_of("best", "last"),
+    "train.val_fraction": _UNIT_HALF_OPEN,
+    "train.epoch_size": _GE0,
+    "train.precision": _one_of("auto", "fp32", "bf16"),
+    "train.num_workers": _GE0,
+    "train.threads": _GE0,
+    "score.threshold_quantile": _UNIT_OPEN,
+    "score.backend": _one_of("auto", "torch", "onnxruntime"),
+    "score.batch_size": _GT0,
+    "score.precision": _one_of("auto", "fp32", "bf16"),
+    "baseline.n_mels": _GT0,
+    "baseline.n_fft": _GT0,
+    "baseline.hop_length": _GT0,
+    "baseline.power": _GT0,
+    "baseline.n_frames": _GT0,
+    "baseline.hidden": _GT0,
+    "baseline.bottleneck": _GT0,
+    "baseline.epochs": _GE0,
+    "baseline.batch_size": _GT0,
+    "baseline.lr": _GT0,
+    "baseline.val_fraction": _UNIT_HALF_OPEN,
+    "aum.patch": _GT0,
+    "aum.embed_dim": _GT0,
+    "aum.depth": _GT0,
+    "aum.d_state": _GT0,
+    "aum.epochs": _GE0,
+    "aum.batch_size": _GT0,
+    "aum.lr": _GT0,
+    "aum.epoch_size": _GE0,
+}
+
+
+def check_ranges(config: Config, *, source: str = "<config>") -> None:
+    """Refuse values outside their meaningful range (see ``_RANGES``), naming the field."""
+    for name, (ok, requirement) in _RANGES.items():
+        section, key = name.split(".")
+        value = getattr(getattr(config, section), key)
+        if not ok(value):
+            raise ConfigError(f"field {name} {requirement}, got {value!r}", path=source)
+    if not config.scaling.q_low < config.scaling.q_high:
+        raise ConfigError(
+            f"scaling.q_low ({config.scaling.q_low}) must be below scaling.q_high ({config.scaling.q_high})",
+            path=source,
+        )
+    if config.features.f_max is not None and not config.features.f_min < config.features.f_max:
+        raise ConfigError(
+            f"features.f_max ({config.features.f_max}) must be above features.f_min ({config.features.f_min})",
+            path=source,
+        )
+    if not config.model.channels or any(c <= 0 for c in config.model.channels):
+        raise ConfigError(f"field model.channels must be a non-empty list of positive integers, got {config.model.channels!r}", path=source)
+    if not config.score.fused_weights or any(w < 0 for w in config.score.fused_weights) or sum(config.score.fused_weights) <= 0:
+        raise ConfigError(f"field score.fused_weights must be non-negative with a positive sum, got {config.score.fused_weights!r}", path=source)
 
 
 def _build(cls: type, data: Any, source: str, prefix: str) -> Any:

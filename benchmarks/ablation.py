@@ -52,6 +52,31 @@ def main() -> None:
     comparisons = [compare_systems(results["full"], results[n], n_resamples=1000, seed=args.seed) for n in VARIANTS if n != "full"]
     write_tables(out, results, comparisons=comparisons, stem="ablation")
     print(format_table(results, "markdown", comparisons=comparisons))
+    summary = summary_table(results, comparisons)
+    (out / "ablation_summary.md").write_text(summary + "\n", encoding="utf-8")
+    print(summary)
+
+
+def _ci(value: float, interval: tuple[float, float] | None, sign: bool = False) -> str:
+    fmt = "{:+.3f}" if sign else "{:.3f}"
+    text = fmt.format(value)
+    return text if interval is None else f"{text} [{fmt.format(interval[0])}, {fmt.format(interval[1])}]"
+
+
+def summary_table(results: dict, comparisons: list) -> str:
+    """One row per variant: Ω and the harmonic means with 95% intervals, and Ω's paired difference."""
+    rows = ["| variant | TOTAL (Ω) | AUC-S (hmean) | AUC-T (hmean) | pAUC (hmean) | ΔΩ vs full, paired | P(ΔΩ ≤ 0) |", "|---|---|---|---|---|---|---|"]
+    by_name = {c.name_b: c for c in comparisons}
+    for name, r in results.items():
+        ci = r.bootstrap.ci if r.bootstrap is not None else (lambda key: None)
+        c = by_name.get(name)
+        delta = "—" if c is None else _ci(c.differences["official_score"], c.ci("official_score"), sign=True)
+        p = "—" if c is None else f"{c.p_not_better['official_score']:.2f}"
+        rows.append(
+            f"| {name} | {_ci(r.official_score, ci('official_score'))} | {_ci(r.auc_source_hmean, ci('hmean/auc_source'))} "
+            f"| {_ci(r.auc_target_hmean, ci('hmean/auc_target'))} | {_ci(r.pauc_hmean, ci('hmean/pauc'))} | {delta} | {p} |"
+        )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

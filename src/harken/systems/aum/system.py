@@ -60,12 +60,12 @@ from harken.systems.cae_dann.torch_model import init_center, svdd_distance
 from harken.training import distributed as D
 from harken.training.checkpoint import load_checkpoint, save_checkpoint
 from harken.training.data import DOMAINS, CropDataset, NumberedSampler, collate, split_validation
-from harken.training.loop import (
-    _center_batches,
-    _validation_set,
-    _write_csv,
+from harken.training.runs import (
+    center_batches,
     check_resumable,
     data_key,
+    validation_set,
+    write_csv_log,
 )
 from harken.training.sampler import StratifiedSampler
 
@@ -197,7 +197,7 @@ def train_aum(
         drop_last=len(sampler) >= batch_size,
     )
     maker = PseudoAnomalyMaker.from_config(config.augment) if lc.use_pseudo else None
-    val_specs, val_labels, _ = _validation_set(clips, features, val_idx, config)
+    val_specs, val_labels, _ = validation_set(clips, features, val_idx, config)
 
     # ---------------------------------------------------------------- model
     torch.manual_seed(tc.seed)
@@ -229,7 +229,7 @@ def train_aum(
         log.info("resumed %s from %s at epoch %d", TAG, ckpt_path, start_epoch)
     else:
         # c from the untrained network, as in Deep SVDD: fixed before the first update.
-        init_center(model, _center_batches(train_feats, scaler, config, device), eps=lc.center_eps)  # type: ignore[arg-type]
+        init_center(model, center_batches(train_feats, scaler, config, device), eps=lc.center_eps)  # type: ignore[arg-type]
     scale = ScalerModule(scaler).to(device)
 
     # ---------------------------------------------------------------- epochs
@@ -298,7 +298,7 @@ def train_aum(
             n_steps,
         )
         if run_dir is not None:
-            _write_csv(Path(run_dir) / "logs" / f"{TAG}.csv", history)
+            write_csv_log(Path(run_dir) / "logs" / f"{TAG}.csv", history)
         if ckpt_path is not None:
             save_checkpoint(
                 ckpt_path,

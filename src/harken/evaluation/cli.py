@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(SCORES_DIR2 minus SCORES_DIR) with intervals from the same resamples",
     )
     p.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also print within-domain AUCs and the domain offset per machine type and section "
+        "(diagnostics, not official metrics; written as diagnostics.md/.csv with --out)",
+    )
+    p.add_argument(
         "--digits",
         type=int,
         default=3,
@@ -112,4 +118,23 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         paths = write_tables(args.out, results, comparisons=comparisons, digits=args.digits)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if args.diagnostics:
+        _print_diagnostics(results, args.out, args.digits)
     return 0
+
+
+def _print_diagnostics(results: list, out: Path | None, digits: int) -> None:
+    from harken.atomic import atomic_write_text
+    from harken.evaluation.diagnostics import (
+        diagnostics_csv,
+        domain_diagnostics,
+        format_diagnostics,
+    )
+
+    for r in results:
+        rows = domain_diagnostics(r)
+        sys.stdout.write(f"\nDomain diagnostics of {r.name} (not official metrics)\n\n{format_diagnostics(rows, digits)}")
+        if out is not None:
+            stem = "diagnostics" if r is results[0] else "diagnostics_compare"
+            atomic_write_text(out / f"{stem}.md", format_diagnostics(rows, digits))
+            atomic_write_text(out / f"{stem}.csv", diagnostics_csv(rows))

@@ -515,3 +515,18 @@ def test_dcase2020_names_give_a_domainless_ground_truth(tmp_path: Path):
     sec = result.section("fan", "02")
     assert sec.auc_source == 0.75 and sec.auc_target is None
     assert format_table(result).count("-  ") >= 1  # the absent AUC-T is shown as "-"
+
+
+@needs_golden
+def test_cli_diagnostics_print_and_write_one_row_per_section(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    rc = main(["evaluate", str(GOLDEN / "systems" / "sys_b_good"), "-g", str(GT), "--bootstrap", "0", "--diagnostics", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "Domain diagnostics of sys_b_good (not official metrics)" in text
+    rows = (out / "diagnostics.csv").read_text().splitlines()
+    machines = sorted(expected("sys_b_good")["machines"])
+    assert [r.split(",")[0] for r in rows[1:]] == machines
+    values = np.array([[float(v) for v in r.split(",")[2:]] for r in rows[1:]])
+    assert np.all((values >= 0) & (values <= 1))
+    assert (out / "diagnostics.md").read_text().count("\n") == len(machines) + 2

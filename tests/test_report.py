@@ -271,3 +271,15 @@ def test_umap_without_umap_learn_fails_before_any_work(
     monkeypatch.setitem(sys.modules, "umap", None)
     with pytest.raises(HarkenError, match="umap-learn"):
         write_report([tmp_path], projection="umap")  # not even the run is read
+
+
+def test_domain_diagnostics_are_the_ones_harken_test_wrote(tiny_report: tuple[Path, Path]) -> None:
+    run_dir, path = tiny_report
+    table = re.search(r'<table class="diagnostics">(.*?)</table>', _sections(path.read_text(encoding="utf-8"))["results"]).group(1)
+    kind = json.loads((run_dir / "test" / "meta.json").read_text())["decision_kind"]
+    written = [r.split(",") for r in (run_dir / "test" / "diagnostics.csv").read_text().splitlines()[1:] if r.startswith(kind + ",")]
+    assert written
+    for _, machine, section, *values in written:
+        row = re.search(rf"<tr><td>{machine} {section}</td>(.*?)</tr>", table).group(1)
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        assert cells == [("–" if v == "nan" else f"{float(v):.3f}") for v in values]

@@ -331,7 +331,7 @@ class _Builder:
     def results_section(self) -> Any:
         from html import escape
 
-        from harken.report.html import Section, decisions_table, results_table
+        from harken.report.html import Section, decisions_table, diagnostics_table, results_table
 
         sec = Section(
             "results",
@@ -357,6 +357,16 @@ class _Builder:
                         f"<h3>Decisions{' — ' + escape(label) if len(named) > 1 else ''}</h3>"
                     )
                     parts.append(decisions_table(r))
+            for label, r in named:
+                if r.data:
+                    parts.append(
+                        f"<h3>Domain diagnostics{' — ' + escape(label) if len(named) > 1 else ''}</h3>"
+                        '<p class="why">Not official metrics. Within-domain AUC: normal against anomalous clips of '
+                        "one domain only (can the score see the faults?). Domain offset: target-domain normals "
+                        "against source-domain normals (0.5: none). A large offset makes the official AUC-T and "
+                        "AUC-S read worse or better than the detection itself.</p>"
+                    )
+                    parts.append(diagnostics_table(r))
         else:
             parts.append('<p class="note">No labelled test clips: nothing to tabulate.</p>')
         sec.body_html = "\n".join(parts)

@@ -172,6 +172,24 @@ def decisions_table(result: Any) -> str:
     return f'<table class="decisions">{head}{"".join(body)}</table>'
 
 
+def diagnostics_table(result: Any) -> str:
+    """Within-domain AUCs and the domain offset per section (harken.evaluation.diagnostics)."""
+    from harken.evaluation.diagnostics import domain_diagnostics
+
+    head = (
+        "<tr><th>machine type</th><th>within-source AUC</th><th>within-target AUC</th>"
+        "<th>domain offset</th></tr>"
+    )
+    body = []
+    for d in domain_diagnostics(result):
+        cells = "".join(
+            "<td>–</td>" if v != v else f"<td>{v:.3f}</td>"  # NaN: a domain without clips
+            for v in (d.within_source, d.within_target, d.domain_offset)
+        )
+        body.append(f"<tr><td>{escape(d.machine)} {escape(d.section)}</td>{cells}</tr>")
+    return f'<table class="diagnostics">{head}{"".join(body)}</table>'
+
+
 def difference_table(comp: Any, rows: Sequence[tuple[str, str, dict[str, str]]]) -> str:
     """Paired differences B - A with intervals; green / red where the interval excludes 0."""
     head = (

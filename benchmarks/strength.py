@@ -43,11 +43,14 @@ def reference_scores(detector, train: list, test: list) -> np.ndarray:
     Mahalanobis distance to the nearer of its machine type's two domain means (training clips
     only; covariance pooled over both domains' residuals, lightly shrunk).
     """
-    feats = {id(c): f for c, f in zip(train + test, detector.clip_features(train + test, progress=False), strict=True)}
+    clips = train + test
+    vectors = {}
+    for c, f in zip(clips, detector.clip_features(clips, progress=False), strict=True):
+        x = np.asarray(f, dtype=np.float64)
+        vectors[id(c)] = np.r_[x.mean(axis=1), x.std(axis=1)]
 
     def vec(c) -> np.ndarray:
-        x = np.asarray(feats[id(c)], dtype=np.float64)
-        return np.r_[x.mean(axis=1), x.std(axis=1)]
+        return vectors[id(c)]
 
     out = np.zeros(len(test))
     for kind in sorted({c.machine for c in test}):
@@ -59,7 +62,8 @@ def reference_scores(detector, train: list, test: list) -> np.ndarray:
         prec = np.linalg.inv(cov)
         for i, c in enumerate(test):
             if c.machine == kind:
-                out[i] = min(float((vec(c) - m) @ prec @ (vec(c) - m)) for m in means.values())
+                v = vec(c)
+                out[i] = min(float((v - m) @ prec @ (v - m)) for m in means.values())
     return out
 
 

@@ -43,8 +43,8 @@ def test_ties_count_half_and_missing_cells_give_nan() -> None:
 
 
 def test_harken_test_writes_the_diagnostics(tmp_path: Path) -> None:
+    from harken.evaluation.diagnostics import write_diagnostics
     from harken.evaluation.evaluate import ScoreRecord, evaluate_arrays
-    from harken.pipeline import _write_diagnostics
 
     records = [
         ScoreRecord("fan", "00", f"section_00_{dom}_test_{lab}_{i:04d}.wav", dom, lab, s, None)
@@ -52,7 +52,7 @@ def test_harken_test_writes_the_diagnostics(tmp_path: Path) -> None:
             [("source", "normal", 1.0), ("source", "anomaly", 3.0), ("target", "normal", 10.0), ("target", "anomaly", 12.0)]
         )
     ]
-    _write_diagnostics(tmp_path, {"reconstruction": evaluate_arrays(records, name="x")})
+    write_diagnostics(tmp_path, {"reconstruction": evaluate_arrays(records, name="x")})
     text = (tmp_path / "diagnostics.md").read_text()
     assert "## reconstruction" in text and "| fan | 00 | 1.000 | 1.000 | 1.000 |" in text
     assert (tmp_path / "diagnostics.csv").read_text().splitlines()[1] == "reconstruction,fan,00,1.0,1.0,1.0"

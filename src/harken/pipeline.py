@@ -226,31 +226,9 @@ def test_run(
                 bootstrap_ci(result, n_resamples=bootstrap, seed=seed)  # stored in result.bootstrap
             output.results[k] = result
             write_tables(out_dir, result, stem="results" if k == kind else f"results_{k}")
-        _write_diagnostics(out_dir, output.results)
+        from harken.evaluation.diagnostics import write_diagnostics
+
+        write_diagnostics(out_dir, output.results)
     else:
         log.info("test clips have no labels (evaluation set): wrote scores and submission files only")
     return output
-
-
-def _write_diagnostics(out_dir: Path, results: dict[str, Any]) -> None:
-    """``diagnostics.md`` / ``.csv``: within-domain AUCs and the domain offset of every score kind."""
-    from harken.evaluation.diagnostics import (
-        diagnostics_csv,
-        domain_diagnostics,
-        format_diagnostics,
-    )
-
-    parts, csv_parts = [], []
-    for kind, result in results.items():
-        rows = domain_diagnostics(result)
-        parts.append(f"## {kind}\n\n{format_diagnostics(rows)}")
-        csv_parts.append("".join(f"{kind},{line}\n" for line in diagnostics_csv(rows).splitlines()[1:]))
-    intro = (
-        "# Domain diagnostics (not official metrics)\n\n"
-        "Within-domain AUC: normal against anomalous clips of one domain. Domain offset: target-domain "
-        "normals against source-domain normals (0.5 = none). See harken.evaluation.diagnostics.\n\n"
-    )
-    atomic_write_text(out_dir / "diagnostics.md", intro + "\n".join(parts))
-    header = "score_kind,machine,section,within_source_auc,within_target_auc,domain_offset_auc\n"
-    atomic_write_text(out_dir / "diagnostics.csv", header + "".join(csv_parts))
-

@@ -20,10 +20,12 @@ import csv
 import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from harken.atomic import atomic_write_text
 from harken.evaluation.metrics import EvaluationResult, SectionData
 
 SOURCE, TARGET = 0, 1
@@ -80,10 +82,33 @@ def format_diagnostics(rows: list[DomainDiagnostics], digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+_CSV_HEADER = ["machine", "section", "within_source_auc", "within_target_auc", "domain_offset_auc"]
+
+
+def _csv_row(r: DomainDiagnostics) -> list[str]:
+    return [r.machine, r.section, *(repr(v) for v in (r.within_source, r.within_target, r.domain_offset))]
+
+
 def diagnostics_csv(rows: list[DomainDiagnostics]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["machine", "section", "within_source_auc", "within_target_auc", "domain_offset_auc"])
-    for r in rows:
-        writer.writerow([r.machine, r.section, *(repr(v) for v in (r.within_source, r.within_target, r.domain_offset))])
+    writer.writerow(_CSV_HEADER)
+    writer.writerows(_csv_row(r) for r in rows)
     return buffer.getvalue()
+
+
+def write_diagnostics(out_dir: Path, results: dict[str, EvaluationResult]) -> None:
+    """``diagnostics.md`` / ``.csv`` in ``out_dir``: one table per score kind (``results`` keys)."""
+    named = {kind: domain_diagnostics(result) for kind, result in results.items()}
+    intro = (
+        "# Domain diagnostics (not official metrics)\n\n"
+        "Within-domain AUC: normal against anomalous clips of one domain. Domain offset: target-domain "
+        "normals against source-domain normals (0.5 = none). See harken.evaluation.diagnostics.\n\n"
+    )
+    parts = [f"## {kind}\n\n{format_diagnostics(rows)}" for kind, rows in named.items()]
+    atomic_write_text(out_dir / "diagnostics.md", intro + "\n".join(parts))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["score_kind", *_CSV_HEADER])
+    writer.writerows([kind, *_csv_row(r)] for kind, rows in named.items() for r in rows)
+    atomic_write_text(out_dir / "diagnostics.csv", buffer.getvalue())

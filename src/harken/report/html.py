@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -183,7 +184,7 @@ def diagnostics_table(result: Any) -> str:
     body = []
     for d in domain_diagnostics(result):
         cells = "".join(
-            "<td>–</td>" if v != v else f"<td>{v:.3f}</td>"  # NaN: a domain without clips
+            "<td>–</td>" if math.isnan(v) else f"<td>{v:.3f}</td>"  # NaN: a domain without clips
             for v in (d.within_source, d.within_target, d.domain_offset)
         )
         body.append(f"<tr><td>{escape(d.machine)} {escape(d.section)}</td>{cells}</tr>")

@@ -13,7 +13,13 @@ import argparse
 import time
 from pathlib import Path
 
-from harken.commands.demo import DEMO_MACHINES
+from harken.commands.demo import (
+    DEMO_DURATION,
+    DEMO_MACHINES,
+    DEMO_TEST_PER_CELL,
+    DEMO_TRAIN_SOURCE,
+    DEMO_TRAIN_TARGET,
+)
 from harken.config import load_config
 from harken.data.synth import synthesize
 from harken.evaluation.bootstrap import compare_systems
@@ -32,13 +38,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="harken-ablation")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-target", type=int, default=6, help="as harken demo")
+    parser.add_argument("--train-target", type=int, default=DEMO_TRAIN_TARGET, help="as harken demo")
     parser.add_argument("--strength", type=float, default=1.0, help="fault strength of the synthetic anomalies")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     out = Path(args.out)
-    data = synthesize(out / "data", machines=list(DEMO_MACHINES), seed=args.seed, n_train_source=60,
-                      n_train_target=args.train_target, n_test=15, duration=4.0, strength=args.strength, progress=False)
+    data = synthesize(out / "data", machines=list(DEMO_MACHINES), seed=args.seed, n_train_source=DEMO_TRAIN_SOURCE,
+                      n_train_target=args.train_target, n_test=DEMO_TEST_PER_CELL, duration=DEMO_DURATION, strength=args.strength, progress=False)
     clips = discover_clips(data)
     results = {}
     for name, switches in VARIANTS.items():

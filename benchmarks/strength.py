@@ -27,12 +27,18 @@ import numpy as np
 from common import append_results, load, machine, markdown_table, pick_device  # noqa: I001
 from sklearn.metrics import roc_auc_score
 
-from harken.commands.demo import DEMO_MACHINES
+from harken.commands.demo import (
+    DEMO_DURATION,
+    DEMO_MACHINES,
+    DEMO_TEST_PER_CELL,
+    DEMO_TRAIN_SOURCE,
+    DEMO_TRAIN_TARGET,
+)
 from harken.config import load_config
 from harken.data.synth import synthesize
 from harken.pipeline import discover_clips, test_run, train_run
 
-KINDS = ("reconstruction", "svdd", "fused")
+KINDS = ("reconstruction", "svdd", "fused", "mahalanobis")
 REFERENCE = "reference: band mean/std Mahalanobis"
 
 
@@ -87,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     roots = {}
     for s in strengths:
         roots[s] = synthesize(
-            out / f"data-{s:g}", machines=list(DEMO_MACHINES), seed=args.seed, n_train_source=60,
-            n_train_target=6, n_test=15, duration=4.0, strength=s, progress=False,
+            out / f"data-{s:g}", machines=list(DEMO_MACHINES), seed=args.seed, n_train_source=DEMO_TRAIN_SOURCE,
+            n_train_target=DEMO_TRAIN_TARGET, n_test=DEMO_TEST_PER_CELL, duration=DEMO_DURATION, strength=s, progress=False,
         )
     config = load_config("demo", [f"train.seed={args.seed}", *args.overrides])
     detector = train_run(config, discover_clips(roots[strengths[0]]), out / "run", progress=False, cache_dir=out / "cache")

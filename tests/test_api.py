@@ -186,7 +186,7 @@ def test_save_as_file_and_folder(field_run: Path, tmp_path: Path) -> None:
     det.save(tmp_path / "run2")
     assert (tmp_path / "run2" / "config.yaml").is_file()
     again = AnomalyDetector.load(tmp_path / "m.pt")
-    assert again.threshold_ == det.threshold_ and again.score_kind_ == "reconstruction"
+    assert again.threshold_ == det.threshold_ and again.score_kind_ == "mahalanobis"
 
 
 @pytest.mark.filterwarnings("ignore::harken.errors.HarkenWarning")

@@ -156,8 +156,12 @@ class TrainConfig:
 
 @dataclass
 class ScoreConfig:
-    kind: str = "reconstruction"  # "reconstruction" (Eq. 9) | "svdd" | "fused"
+    kind: str = "reconstruction"  # "reconstruction" (Eq. 9) | "svdd" | "fused" | "mahalanobis"
     fused_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
+    # "mahalanobis": the residual covariance is shrunk toward a scaled identity by this much
+    # (relative to the mean variance), since a section has few training windows for the
+    # 2 x n_mels dimensions (harken.systems.cae_dann.mahalanobis).
+    mahalanobis_shrinkage: float = 0.001
     # Decision threshold: quantile of a gamma distribution fitted to training-clip scores.
     threshold_quantile: float = 0.9
     # Window scoring (test, score, validation): "auto" runs ONNX Runtime on the CPU when it is
@@ -281,6 +285,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.num_workers": _GE0,
     "train.threads": _GE0,
     "score.threshold_quantile": _UNIT_OPEN,
+    "score.mahalanobis_shrinkage": _GT0,
     "score.backend": _one_of("auto", "torch", "onnxruntime"),
     "score.batch_size": _GT0,
     "score.precision": _one_of("auto", "fp32", "bf16"),

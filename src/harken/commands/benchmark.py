@@ -45,10 +45,16 @@ def run(args: argparse.Namespace) -> int:
     for name in systems:  # unknown names fail before any training
         create_system(name, base)
     if args.data is None:
-        from harken.commands.demo import DEMO_MACHINES
+        from harken.commands.demo import (
+            DEMO_DURATION,
+            DEMO_MACHINES,
+            DEMO_TEST_PER_CELL,
+            DEMO_TRAIN_SOURCE,
+            DEMO_TRAIN_TARGET,
+        )
         from harken.data.synth import synthesize
 
-        data = synthesize(out / "data", machines=list(DEMO_MACHINES), seed=args.seed, n_train_source=60, n_train_target=6, n_test=15, duration=4.0)
+        data = synthesize(out / "data", machines=list(DEMO_MACHINES), seed=args.seed, n_train_source=DEMO_TRAIN_SOURCE, n_train_target=DEMO_TRAIN_TARGET, n_test=DEMO_TEST_PER_CELL, duration=DEMO_DURATION)
     else:
         data = Path(args.data)
     clips = discover_clips(data)

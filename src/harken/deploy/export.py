@@ -17,9 +17,10 @@ What is not in the graph, and why:
 * **Thresholds and the decision** depend on the machine type and section, which a waveform
   does not carry: they are in the JSON sidecar ``OUT.json`` (every key, ``"*"`` the fallback)
   and :mod:`harken.deploy.onnx_runtime` applies them.
-* **The fused score** needs the training statistics of the clip's machine type and section:
-  the graph holds them as a table and takes an extra int64 input ``group`` [B] (the row of
-  ``fused_groups`` in the sidecar; ``"*"`` for an unseen one).  Graphs of the other kinds
+* **The fused and mahalanobis scores** need statistics of the clip's machine type and section
+  (training-score means and deviations; the residual Gaussian's domain means and precision
+  matrix): the graph holds them as tables and takes an extra int64 input ``group`` [B] (the row
+  of ``fused_groups`` in the sidecar; ``"*"`` for an unseen one).  Graphs of the other kinds
   have no such input.
 * **``window.short_clip="error"``** cannot raise inside a graph: the graph tiles a short clip
   as ``"repeat"`` would, and the runtime wrapper refuses it before running (the sidecar says
@@ -84,6 +85,8 @@ class ClipGraph(nn.Module):
     stats_mean: Tensor
     stats_std: Tensor
     fused_weights: Tensor
+    maha_means: Tensor
+    maha_precision: Tensor
 
     def __init__(
         self,
@@ -95,13 +98,15 @@ class ClipGraph(nn.Module):
         inputs: str = "waveform",
         stft: str = "fft",
         score_stats: dict[str, dict[str, list[float]]] | None = None,
+        gaussians: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if inputs not in INPUTS:
             raise ConfigError(f"--input must be one of {INPUTS}, got {inputs!r}")
         self.inputs = inputs
         self.logmel = LogMel(config.features, config.audio.sample_rate, stft=stft) if inputs == "waveform" else None
-        self.scorer = ScaledScorer(model, scaler)
+        self.mahalanobis = kind == "mahalanobis"
+        self.scorer = ScaledScorer(model, scaler, residual=self.mahalanobis)
         self.frames = int(config.window.frames)
         self.hop = int(config.window.test_hop)
         self.aggregate = config.window.aggregate
@@ -121,6 +126,20 @@ class ClipGraph(nn.Module):
             self.register_buffer("stats_mean", torch.tensor(mean, dtype=torch.float32))
             self.register_buffer("stats_std", torch.tensor(std, dtype=torch.float32))
             self.register_buffer("fused_weights", torch.tensor(weights, dtype=torch.float32))
+        if self.mahalanobis:
+            if not gaussians:
+                raise ConfigError("the mahalanobis score needs the run's residual statistics")
+            self.groups = list(gaussians)
+            # two domain means per group; a group fitted on one domain repeats its mean
+            means = [np.resize(gaussians[g].means, (2, gaussians[g].means.shape[1])) for g in self.groups]
+            self.register_buffer("maha_means", torch.tensor(np.stack(means), dtype=torch.float32))
+            precision = np.stack([gaussians[g].precision for g in self.groups])
+            self.register_buffer("maha_precision", torch.tensor(precision, dtype=torch.float32))
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the graph takes the ``group`` input."""
+        return self.fused or self.mahalanobis
 
     def forward(self, x: Tensor, group: Tensor | None = None) -> tuple[Tensor, ...]:
         spec = self.logmel(x) if self.logmel is not None else x
@@ -134,7 +153,8 @@ class ClipGraph(nn.Module):
             floor = spec.amin(dim=(1, 2), keepdim=True).unsqueeze(-1)
             windows = torch.where(valid, windows, floor)
         windows = windows.permute(0, 2, 1, 3).reshape(-1, n_mels, self.frames)
-        recon, svdd = self.scorer(windows)
+        outputs = self.scorer(windows)
+        recon, svdd = outputs[0], outputs[1]
         recon = recon.reshape(batch, -1)
         svdd = svdd.reshape(batch, -1)
         clip_recon, clip_svdd = self._reduce(recon), self._reduce(svdd)
@@ -151,6 +171,15 @@ class ClipGraph(nn.Module):
                 return (w[0] * zr + w[1] * zs) / total
 
             window_scores, score = fuse(recon, svdd), fuse(clip_recon, clip_svdd)
+        elif self.mahalanobis:
+            assert group is not None
+            # in float64: the shrunk precision matrix is ill-conditioned, and float32 would
+            # cost the distance about four significant digits
+            v = outputs[2].reshape(batch, recon.shape[1], -1).double()  # [B, n, D]
+            diff = v.unsqueeze(2) - self.maha_means[group].double().unsqueeze(1)  # [B, n, 2, D]
+            d2 = torch.einsum("bnkd,bde,bnke->bnk", diff, self.maha_precision[group].double(), diff)
+            window_scores = d2.amin(dim=2).float()
+            score = self._reduce(window_scores)
         elif self.kind == "svdd":
             window_scores, score = svdd, clip_svdd
         else:
@@ -237,6 +266,7 @@ def _export_one(
     graph = ClipGraph(
         model, detector.scalers[tag], config, kind=kind, inputs=inputs,
         stft="conv" if exporter == "torchscript" else stft, score_stats=detector.score_stats_,
+        gaussians=getattr(detector, "gaussians", None),
     ).eval()  # fmt: skip
     example, names, dynamic = _example(graph, config)
     data = _to_onnx(graph, example, names, dynamic, exporter)
@@ -268,13 +298,13 @@ def _example(graph: ClipGraph, config: Config) -> tuple[tuple[Tensor, ...], list
         x = -60.0 + 10.0 * torch.randn(2, config.features.n_mels, frames, generator=gen)
         names = ["features"]
     example: tuple[Tensor, ...] = (x,)
-    if graph.fused:
+    if graph.grouped:
         example = (x, torch.zeros(2, dtype=torch.int64))
         names.append("group")
     batch = torch.export.Dim("batch", min=1, max=4096)
     length = torch.export.Dim("length", min=1, max=2**31 - 1)
     dynamic: dict[str, Any] = {"x": {0: batch, (1 if graph.inputs == "waveform" else 2): length}}
-    if graph.fused:
+    if graph.grouped:
         dynamic["group"] = {0: batch}
     return example, names, dynamic
 
@@ -298,7 +328,7 @@ def _to_onnx(graph: ClipGraph, example: tuple[Tensor, ...], names: list[str], dy
 
         buffer = io.BytesIO()
         axes = {names[0]: {0: "batch", (1 if graph.inputs == "waveform" else 2): "length"}}
-        if graph.fused:
+        if graph.grouped:
             axes["group"] = {0: "batch"}
         axes.update({"score": {0: "batch"}, "window_scores": {0: "batch", 1: "windows"}, "window_start_frames": {0: "windows"}})
         axes.update({"reconstruction": {0: "batch"}, "svdd": {0: "batch"}})
@@ -330,7 +360,7 @@ def _verify(graph: ClipGraph, path: Path, example: tuple[Tensor, ...], names: li
         x = 0.05 * torch.randn(3, x.shape[1] + 1234, generator=gen)
     else:
         x = -60.0 + 10.0 * torch.randn(3, x.shape[1], x.shape[2] + 17, generator=gen)
-    feed_t = (x,) if not graph.fused else (x, torch.zeros(3, dtype=torch.int64))
+    feed_t = (x,) if not graph.grouped else (x, torch.zeros(3, dtype=torch.int64))
     with torch.no_grad():
         ref = [t.numpy() for t in graph(*feed_t)]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -103,7 +103,7 @@ class Detector(abc.ABC):
         """Fit score statistics and decision thresholds on training-clip scores only."""
         from harken.evaluation.threshold import fit_gamma_threshold
 
-        raw = self._score_clips(train_clips, progress=progress)
+        raw = self._calibration_scores(train_clips, progress=progress)
         groups: dict[str, list[int]] = {GLOBAL_KEY: list(range(len(train_clips)))}
         for i, clip in enumerate(train_clips):
             groups.setdefault(group_key(clip.machine, clip.section), []).append(i)
@@ -116,6 +116,14 @@ class Detector(abc.ABC):
         decision = self._with_fused(raw).scores[self.decision_kind]
         q = self.config.score.threshold_quantile
         self.threshold_ = {key: fit_gamma_threshold(decision[idx], q) for key, idx in groups.items()}
+
+    def _calibration_scores(self, train_clips: Sequence[Clip], *, progress: bool) -> ClipScores:
+        """Training-clip scores for the statistics and thresholds.
+
+        A system whose score is itself fitted on the training clips overrides this with
+        out-of-sample (cross-fitted) values, so thresholds are not set on in-sample scores.
+        """
+        return self._score_clips(train_clips, progress=progress)
 
     def score_clips(self, clips: Sequence[Clip], *, progress: bool = False) -> ClipScores:
         """Every score kind (including ``fused``) of ``clips``."""

@@ -44,7 +44,7 @@ from harken.features.windows import fit_length
 from harken.scoring import score_spectrograms
 from harken.speed import retain_freed_memory, set_threads
 from harken.systems.cae_dann.loss import train_step
-from harken.systems.cae_dann.torch_model import CAEDANN, CAEScorer, init_center
+from harken.systems.cae_dann.torch_model import CAEDANN, CAEResidualScorer, CAEScorer, init_center
 from harken.training import distributed as D
 from harken.training.checkpoint import load_checkpoint, save_checkpoint
 from harken.training.data import DOMAINS, CropDataset, NumberedSampler, collate, split_validation
@@ -82,14 +82,19 @@ def model_args(config: Config) -> dict[str, Any]:
 
 
 class ScaledScorer(torch.nn.Module):
-    """dB windows ``[B, n_mels, frames]`` -> both scores: scaling + the CAE scorer, as one module."""
+    """dB windows ``[B, n_mels, frames]`` -> both scores: scaling + the CAE scorer, as one module.
 
-    def __init__(self, model: CAEDANN, scaler: Scaler) -> None:
+    With ``residual=True`` the residual statistics come as a third output (see
+    :class:`CAEResidualScorer`); :attr:`output_names` names the outputs either way.
+    """
+
+    def __init__(self, model: CAEDANN, scaler: Scaler, *, residual: bool = False) -> None:
         super().__init__()
         self.scale = ScalerModule(scaler)
-        self.scorer = CAEScorer(model)
+        self.scorer = CAEResidualScorer(model) if residual else CAEScorer(model)
+        self.output_names = self.scorer.output_names
 
-    def forward(self, x_db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x_db: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.scorer(self.scale(x_db).unsqueeze(1))
 
 
@@ -101,6 +106,7 @@ def window_scorer(
     backend: str = "torch",
     precision: str = "fp32",
     device: torch.device | str | None = None,
+    residual: bool = False,
 ):
     """A :data:`harken.scoring.WindowScorer` for ``model`` in eval mode.
 
@@ -111,18 +117,20 @@ def window_scorer(
     from harken.speed import build_window_scorer
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    module = ScaledScorer(model, scaler)
+    module = ScaledScorer(model, scaler, residual=residual)
     example = torch.zeros(1, model.autoencoder.n_mels, model.autoencoder.frames)
     return build_window_scorer(
-        module, CAEScorer.output_names, example,
+        module, module.output_names, example,
         device=device, backend=backend, precision=precision, channels_last=channels_last,
     )
 
 
-def config_window_scorer(model: CAEDANN, scaler: Scaler, config: Config, device: torch.device | str | None = None):
+def config_window_scorer(
+    model: CAEDANN, scaler: Scaler, config: Config, device: torch.device | str | None = None, *, residual: bool = False
+):
     """:func:`window_scorer` with the ``score`` section's backend and precision."""
     sc = config.score
-    return window_scorer(model, scaler, backend=sc.backend, precision=sc.precision, device=device)
+    return window_scorer(model, scaler, backend=sc.backend, precision=sc.precision, device=device, residual=residual)
 
 
 def _autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
@@ -366,6 +374,15 @@ class _Indexed:
         return getattr(self.clip, name)
 
 
+def validation_kind(config: Config) -> str:
+    """The score kind the validation AUC reads during training.
+
+    The decision kind, except ``mahalanobis``: its residual statistics are fitted on the
+    trained model, after training, so validation reads the report's Eq. 9 instead.
+    """
+    return "reconstruction" if config.score.kind == "mahalanobis" else config.score.kind
+
+
 def _decision_values(scores: dict[str, np.ndarray], labels: np.ndarray, kind: str) -> np.ndarray:
     if kind != "fused":
         return scores[kind]
@@ -384,7 +401,7 @@ def _validate(model, scaler, specs, labels, config, device, info: D.DistInfo | N
 
     results = D.shard_map(score, specs, info or D.DistInfo())  # under DDP each rank scores a slice
     scores = {k: np.array([r.aggregate(config.window.aggregate)[k] for r in results]) for k in results[0].windows}
-    values = _decision_values(scores, labels, config.score.kind)
+    values = _decision_values(scores, labels, validation_kind(config))
     if len(set(labels.tolist())) < 2 or not np.all(np.isfinite(values)):
         return float("nan"), scores
     return float(roc_auc_score(labels, values)), scores
@@ -392,9 +409,10 @@ def _validate(model, scaler, specs, labels, config, device, info: D.DistInfo | N
 
 def _val_thresholds(scores, labels, groups, config) -> dict[str, float]:
     """Provisional thresholds from held-out *normal* scores (used until final calibration)."""
-    if not scores or config.score.kind == "fused":
+    kind = validation_kind(config)
+    if not scores or kind == "fused":
         return {}
-    values = scores[config.score.kind]
+    values = scores[kind]
     normal = labels == 0
     out = {"*": fit_gamma_threshold(values[normal], config.score.threshold_quantile)}
     for g in sorted(set(groups)):

@@ -3,7 +3,9 @@
 The thin wrapper between the plain ``nn.Module`` (:mod:`.torch_model`), the training loop
 (:mod:`harken.training.loop`) and the estimator surface (:class:`~harken.systems.base.Detector`).
 ``train.setting`` chooses one machine-generalized model over all machine types (the report's
-setting) or one model per machine type.
+setting) or one model per machine type.  After training, the residual statistics of the normal
+training windows are fitted per machine type and section for the ``mahalanobis`` score
+(:mod:`.mahalanobis`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from harken.features.logmel import LogMel
 from harken.features.scaling import Scaler
 from harken.scoring import SpectrogramScores, score_spectrograms
 from harken.systems import register_system
-from harken.systems.base import ClipScores, Detector
+from harken.systems.base import GLOBAL_KEY, ClipScores, Detector, group_key
+from harken.systems.cae_dann.mahalanobis import ResidualGaussian
 from harken.systems.cae_dann.torch_model import CAEDANN
 from harken.training import distributed as D
 from harken.training.distributed import resolve_device
 from harken.training.loop import config_window_scorer, model_args, train_cae
 
 GENERALIZED = "all"
+#: folds of the cross-fitting that gives the training clips out-of-sample mahalanobis scores
+CROSSFIT_FOLDS = 20
 
 
 def default_cache_dir() -> Path:
@@ -67,12 +72,16 @@ class FeatureSystem(Detector):
 
 class CAEDANNSystem(FeatureSystem):
     name = "cae-dann"
-    score_kinds = ("reconstruction", "svdd")
+    score_kinds: tuple[str, ...] = ("reconstruction", "svdd", "mahalanobis")
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.models: dict[str, CAEDANN] = {}
         self.scalers: dict[str, Scaler] = {}
+        #: per machine type / section key (and ``"*"``): the residual statistics' Gaussian
+        self.gaussians: dict[str, ResidualGaussian] = {}
+        # training clip path -> cross-fitted window distances (calibration only, not saved)
+        self._crossfit: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ training
     def _fit(self, clips: Sequence[Any], *, run_dir: Path | None, progress: bool, resume: bool) -> None:
@@ -95,21 +104,67 @@ class CAEDANNSystem(FeatureSystem):
             self.models[tag] = result.model.cpu().eval()
             self.scalers[tag] = result.scaler
             self.history_ += result.history
+        self._fit_mahalanobis(clips, features)
+
+    def _fit_mahalanobis(self, clips: Sequence[Any], features: Sequence[np.ndarray]) -> None:
+        """Fit the residual Gaussians on the normal training windows (per machine / section)."""
+        self.gaussians = {}
+        results = self.score_spectrograms(features, [c.machine for c in clips], residual=True)
+        groups: dict[str, list[int]] = {GLOBAL_KEY: list(range(len(clips)))}
+        for i, clip in enumerate(clips):
+            groups.setdefault(group_key(clip.machine, clip.section), []).append(i)
+        shrinkage = self.config.score.mahalanobis_shrinkage
+        vectors = [r.windows["residual"] for r in results]
+
+        def fit(idx: Sequence[int]) -> ResidualGaussian:
+            domains = [clips[i].domain for i in idx for _ in range(len(vectors[i]))]
+            return ResidualGaussian.fit(np.concatenate([vectors[i] for i in idx]), domains, shrinkage)
+
+        self._crossfit = {}
+        for key, idx in groups.items():
+            self.gaussians[key] = fit(idx)
+            if key == GLOBAL_KEY:
+                continue
+            # Out-of-sample window scores of the training clips, for the thresholds: a
+            # Gaussian fitted on a clip's own windows scores it far too low (in-sample).
+            folds = np.arange(len(idx)) % CROSSFIT_FOLDS
+            for f in range(min(CROSSFIT_FOLDS, len(idx))):
+                held = [i for i, k in zip(idx, folds, strict=True) if k == f]
+                rest = [i for i, k in zip(idx, folds, strict=True) if k != f]
+                g = fit(rest) if rest else self.gaussians[key]
+                for i in held:
+                    self._crossfit[str(clips[i].path)] = g.distance(vectors[i])
+
+    def _calibration_scores(self, train_clips: Sequence[Any], *, progress: bool) -> ClipScores:
+        raw = self._score_clips(train_clips, progress=progress)
+        if "mahalanobis" in raw.scores and self._crossfit:
+            reduce = {"mean": np.mean, "max": np.max}[self.config.window.aggregate]
+            raw.scores["mahalanobis"] = np.array(
+                [float(reduce(self._crossfit[str(c.path)])) if str(c.path) in self._crossfit else s
+                 for c, s in zip(train_clips, raw.scores["mahalanobis"], strict=True)]
+            )  # fmt: skip
+        return raw
 
     # ------------------------------------------------------------------ scoring
     def _group(self, machine: str) -> str:
         return machine if machine in self.models else GENERALIZED if GENERALIZED in self.models else next(iter(self.models))
 
-    def score_spectrograms(self, specs: Sequence[np.ndarray], machines: Sequence[str]) -> list[SpectrogramScores]:
+    def score_spectrograms(
+        self, specs: Sequence[np.ndarray], machines: Sequence[str], *, residual: bool = False
+    ) -> list[SpectrogramScores]:
         """Window scores of dB log-mel spectrograms, each with the model of its machine type.
 
-        Under DDP (calibration at the end of training) each rank scores every
-        ``world_size``-th spectrogram and the results are gathered, so all ranks return all.
+        ``residual=True`` adds each window's residual statistics (``windows["residual"]``,
+        ``[n_windows, 2 * n_mels]``).  Under DDP (calibration at the end of training) each rank
+        scores every ``world_size``-th spectrogram and the results are gathered, so all ranks
+        return all.
         """
         pairs = list(zip(specs, machines, strict=True))
-        return D.shard_map(lambda part: self._score_local([s for s, _ in part], [m for _, m in part]), pairs, D.current())
+        return D.shard_map(
+            lambda part: self._score_local([s for s, _ in part], [m for _, m in part], residual), pairs, D.current()
+        )
 
-    def _score_local(self, specs: Sequence[np.ndarray], machines: Sequence[str]) -> list[SpectrogramScores]:
+    def _score_local(self, specs: Sequence[np.ndarray], machines: Sequence[str], residual: bool = False) -> list[SpectrogramScores]:
         device = resolve_device(self.config.train.device, D.current())
         out: list[SpectrogramScores | None] = [None] * len(specs)
         for tag in self.models:
@@ -117,7 +172,7 @@ class CAEDANNSystem(FeatureSystem):
             if not idx:
                 continue
             model = self.models[tag].to(device).eval()
-            scorer = config_window_scorer(model, self.scalers[tag], self.config, device)
+            scorer = config_window_scorer(model, self.scalers[tag], self.config, device, residual=residual)
             scores = score_spectrograms([specs[i] for i in idx], scorer, self.config.window, batch_size=self.config.score.batch_size, device=device)
             for i, s in zip(idx, scores, strict=True):
                 out[i] = s
@@ -133,7 +188,10 @@ class CAEDANNSystem(FeatureSystem):
         return self.scores_from_spectrograms(list(clips), specs)
 
     def scores_from_spectrograms(self, clips: list[Any], specs: Sequence[np.ndarray]) -> ClipScores:
-        results = self.score_spectrograms(specs, [c.machine for c in clips])
+        results = self.score_spectrograms(specs, [c.machine for c in clips], residual=bool(self.gaussians))
+        if self.gaussians:
+            for clip, r in zip(clips, results, strict=True):
+                r.windows["mahalanobis"] = self.gaussian_for(clip.machine, clip.section).distance(r.windows.pop("residual"))
         how = self.config.window.aggregate
         agg = [r.aggregate(how) for r in results]
         scores = {k: np.array([a[k] for a in agg], dtype=np.float64) for k in self.score_kinds}
@@ -145,6 +203,9 @@ class CAEDANNSystem(FeatureSystem):
             window_starts=[r.starts * seconds for r in results],
         )
 
+    def gaussian_for(self, machine: str, section: str) -> ResidualGaussian:
+        return self.gaussians.get(group_key(machine, section), self.gaussians[GLOBAL_KEY])
+
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
         return {
@@ -153,6 +214,7 @@ class CAEDANNSystem(FeatureSystem):
                 tag: {"weights": {k: v.detach().cpu() for k, v in m.state_dict().items()}, "scaler": self.scalers[tag].to_dict()}
                 for tag, m in self.models.items()
             },
+            "mahalanobis": {key: g.to_state() for key, g in self.gaussians.items()},
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -162,6 +224,9 @@ class CAEDANNSystem(FeatureSystem):
             model.load_state_dict(group["weights"])
             self.models[tag] = model.eval()
             self.scalers[tag] = Scaler.from_dict(group["scaler"])
+        self.gaussians = {key: ResidualGaussian.from_state(g) for key, g in state.get("mahalanobis", {}).items()}
+        if not self.gaussians:  # a run saved before the residual statistics existed
+            self.score_kinds = ("reconstruction", "svdd")
 
 
 @register_system("cae-dann")

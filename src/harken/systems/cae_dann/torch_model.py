@@ -9,6 +9,8 @@
   Algorithm 1 updates them with two optimizers, plus the fixed SVDD center ``c`` as a buffer.
 * :class:`CAEScorer` - the inference graph (reconstruction error, Eq. 9, and ``||z - c||^2``)
   with no data-dependent Python control flow, so it traces and exports to ONNX as is.
+  :class:`CAEResidualScorer` adds each window's residual statistics, from which the
+  ``mahalanobis`` score is computed (:mod:`.mahalanobis`).
 
 The center is a buffer, not a parameter: Deep SVDD keeps ``c`` fixed, otherwise the trivial
 solution ``c = z`` for every input (hypersphere collapse) is reachable by gradient descent.
@@ -321,6 +323,18 @@ def reconstruction_error(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x.float() - x_hat.float()).pow(2).flatten(1).mean(dim=1)
 
 
+def residual_statistics(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Per mel band, the mean and the standard deviation over time of ``x - x_hat``.
+
+    ``x [B, 1, H, W]`` -> ``[B, 2 * H]`` (means first), in float32.  The mean says which bands
+    the clip holds more (or less) energy in than the autoencoder expects; the standard
+    deviation catches impulsive or intermittent content (clicks, rattles) that leaves the
+    band's mean almost unchanged.
+    """
+    r = (x.float() - x_hat.float()).flatten(1, 2)  # [B, C * H, W]
+    return torch.cat([r.mean(dim=2), r.std(dim=2, unbiased=False)], dim=1)
+
+
 class CAEScorer(nn.Module):
     """Inference graph: ``x [B, 1, H, W] -> (reconstruction [B], svdd [B])``.
 
@@ -341,6 +355,20 @@ class CAEScorer(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z, x_hat = self.model.autoencoder(x)
         return reconstruction_error(x, x_hat), svdd_distance(z, self.model.center)
+
+
+class CAEResidualScorer(CAEScorer):
+    """:class:`CAEScorer` plus the residual statistics ``[B, 2 * H]`` of every input."""
+
+    output_names = ("reconstruction", "svdd", "residual")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        z, x_hat = self.model.autoencoder(x)
+        return (
+            reconstruction_error(x, x_hat),
+            svdd_distance(z, self.model.center),
+            residual_statistics(x, x_hat),
+        )
 
 
 @torch.no_grad()

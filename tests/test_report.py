@@ -194,7 +194,7 @@ def test_compare_runs_side_by_side_with_paired_differences(
         (run / "test" / "meta.json").unlink(missing_ok=True)
     (other / "test" / "results.json").unlink()  # no stored intervals: the report computes them
     config = (other / "config.yaml").read_text()
-    (other / "config.yaml").write_text(config.replace("kind: reconstruction", "kind: svdd"))
+    (other / "config.yaml").write_text(config.replace("kind: mahalanobis", "kind: svdd"))
     (other / "model.pt").unlink()  # no model: history from logs/*.csv, no latents
     out = tmp_path / "cmp" / "report.html"
     out.parent.mkdir()
@@ -208,7 +208,7 @@ def test_compare_runs_side_by_side_with_paired_differences(
 
     a = load_run(ref, label="run", bootstrap=0)
     b = load_run(other, label="svdd-run", bootstrap=0, load_model=False)
-    assert (a.kind, b.kind) == ("reconstruction", "svdd")
+    assert (a.kind, b.kind) == ("mahalanobis", "svdd")  # configs/demo.yaml decides by mahalanobis
     comp = compare_systems(a.result, b.result, n_resamples=100, seed=0)
     total = re.search(r'<tr class="total">(.*?)</tr>', sections["comparison"]).group(1)
     assert f"{comp.differences['official_score']:+.3f}" in total

@@ -115,7 +115,7 @@ def test_thresholds_come_from_cross_fitted_training_scores(
         r.windows["residual"]
         for r in detector.score_spectrograms(features, [c.machine for c in train], residual=True)
     ]
-    detector._fit_mahalanobis(train, features)  # re-fit on these clips (fan only: one group)
+    # calibration re-fits the Gaussians on these clips (fan only: one group)
     got = detector._calibration_scores(train, progress=False).scores["mahalanobis"]
     in_sample = detector.score_clips(train).scores["mahalanobis"]
     shrink = detector.config.score.mahalanobis_shrinkage

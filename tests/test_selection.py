@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from harken.config import load_config
 from harken.errors import ConfigError
 from harken.training.loop import train_cae
+from test_ddp import _Clip  # the minimal clip the training loop reads
 
 TINY = [
     "train.epochs=4",
@@ -27,16 +27,6 @@ TINY = [
     "model.latent_dim=8",
     "augment.strength=0.6",  # faint pseudo-anomalies: the validation AUC moves between epochs
 ]
-
-
-@dataclass(frozen=True)
-class _Clip:
-    path: Path
-    machine: str
-    section: str
-    domain: str
-    split: str = "train"
-    label: str = "normal"
 
 
 def _data() -> tuple[list[_Clip], list[np.ndarray]]:

@@ -3,9 +3,9 @@
 The thin wrapper between the plain ``nn.Module`` (:mod:`.torch_model`), the training loop
 (:mod:`harken.training.loop`) and the estimator surface (:class:`~harken.systems.base.Detector`).
 ``train.setting`` chooses one machine-generalized model over all machine types (the report's
-setting) or one model per machine type.  After training, the residual statistics of the normal
-training windows are fitted per machine type and section for the ``mahalanobis`` score
-(:mod:`.mahalanobis`).
+setting) or one model per machine type.  When the trained model is calibrated, the residual
+statistics of the normal training windows are fitted per machine type and section for the
+``mahalanobis`` score (:mod:`.mahalanobis`), in the same scoring pass as the thresholds.
 """
 
 from __future__ import annotations
@@ -80,8 +80,6 @@ class CAEDANNSystem(FeatureSystem):
         self.scalers: dict[str, Scaler] = {}
         #: per machine type / section key (and ``"*"``): the residual statistics' Gaussian
         self.gaussians: dict[str, ResidualGaussian] = {}
-        # training clip path -> cross-fitted window distances (calibration only, not saved)
-        self._crossfit: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ training
     def _fit(self, clips: Sequence[Any], *, run_dir: Path | None, progress: bool, resume: bool) -> None:
@@ -104,46 +102,51 @@ class CAEDANNSystem(FeatureSystem):
             self.models[tag] = result.model.cpu().eval()
             self.scalers[tag] = result.scaler
             self.history_ += result.history
-        self._fit_mahalanobis(clips, features)
 
-    def _fit_mahalanobis(self, clips: Sequence[Any], features: Sequence[np.ndarray]) -> None:
-        """Fit the residual Gaussians on the normal training windows (per machine / section)."""
-        self.gaussians = {}
-        results = self.score_spectrograms(features, [c.machine for c in clips], residual=True)
+    def _calibration_scores(self, train_clips: Sequence[Any], *, progress: bool) -> ClipScores:
+        """Fit the residual Gaussians on the training clips and score them in the same pass.
+
+        The ``mahalanobis`` scores returned are cross-fitted (see :meth:`_fit_mahalanobis`), so
+        the thresholds are not set on in-sample distances.
+        """
+        results = self.score_spectrograms(
+            self._checked_features(train_clips, progress=progress), [c.machine for c in train_clips], residual=True
+        )
+        crossfit = self._fit_mahalanobis(train_clips, [r.windows.pop("residual") for r in results])
+        for r, distances in zip(results, crossfit, strict=True):
+            r.windows["mahalanobis"] = distances
+        self.score_kinds = type(self).score_kinds  # a run loaded without the statistics gains them
+        return self._clip_scores(list(train_clips), results)
+
+    def _fit_mahalanobis(self, clips: Sequence[Any], vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Fit the residual Gaussians per machine type / section (and ``"*"``) on the residual
+        windows ``vectors`` of normal training ``clips``; return each clip's window distances
+        under a Gaussian of its group fitted without it (``CROSSFIT_FOLDS`` folds): a Gaussian
+        fitted on a clip's own windows scores it far too low.
+        """
         groups: dict[str, list[int]] = {GLOBAL_KEY: list(range(len(clips)))}
         for i, clip in enumerate(clips):
             groups.setdefault(group_key(clip.machine, clip.section), []).append(i)
         shrinkage = self.config.score.mahalanobis_shrinkage
-        vectors = [r.windows["residual"] for r in results]
 
         def fit(idx: Sequence[int]) -> ResidualGaussian:
             domains = [clips[i].domain for i in idx for _ in range(len(vectors[i]))]
             return ResidualGaussian.fit(np.concatenate([vectors[i] for i in idx]), domains, shrinkage)
 
-        self._crossfit = {}
+        self.gaussians = {}
+        crossfit: list[np.ndarray] = [np.empty(0)] * len(clips)
         for key, idx in groups.items():
             self.gaussians[key] = fit(idx)
             if key == GLOBAL_KEY:
                 continue
-            # Out-of-sample window scores of the training clips, for the thresholds: a
-            # Gaussian fitted on a clip's own windows scores it far too low (in-sample).
             folds = np.arange(len(idx)) % CROSSFIT_FOLDS
             for f in range(min(CROSSFIT_FOLDS, len(idx))):
                 held = [i for i, k in zip(idx, folds, strict=True) if k == f]
                 rest = [i for i, k in zip(idx, folds, strict=True) if k != f]
                 g = fit(rest) if rest else self.gaussians[key]
                 for i in held:
-                    self._crossfit[str(clips[i].path)] = g.distance(vectors[i])
-
-    def _calibration_scores(self, train_clips: Sequence[Any], *, progress: bool) -> ClipScores:
-        raw = self._score_clips(train_clips, progress=progress)
-        if "mahalanobis" in raw.scores and self._crossfit:
-            reduce = {"mean": np.mean, "max": np.max}[self.config.window.aggregate]
-            raw.scores["mahalanobis"] = np.array(
-                [float(reduce(self._crossfit[str(c.path)])) if str(c.path) in self._crossfit else s
-                 for c, s in zip(train_clips, raw.scores["mahalanobis"], strict=True)]
-            )  # fmt: skip
-        return raw
+                    crossfit[i] = g.distance(vectors[i])
+        return crossfit
 
     # ------------------------------------------------------------------ scoring
     def _group(self, machine: str) -> str:
@@ -178,20 +181,26 @@ class CAEDANNSystem(FeatureSystem):
                 out[i] = s
         return [s for s in out if s is not None]
 
-    def _score_clips(self, clips: Sequence[Any], *, progress: bool) -> ClipScores:
+    def _checked_features(self, clips: Sequence[Any], *, progress: bool) -> list[np.ndarray]:
         specs = self.clip_features(clips, progress=progress)
         if self.config.window.short_clip == "error":  # name the too-short clip in the error
             from harken.features.windows import fit_length
 
             for clip, spec in zip(clips, specs, strict=True):
                 fit_length(spec, self.config.window.frames, "error", path=clip.path)
-        return self.scores_from_spectrograms(list(clips), specs)
+        return specs
+
+    def _score_clips(self, clips: Sequence[Any], *, progress: bool) -> ClipScores:
+        return self.scores_from_spectrograms(list(clips), self._checked_features(clips, progress=progress))
 
     def scores_from_spectrograms(self, clips: list[Any], specs: Sequence[np.ndarray]) -> ClipScores:
         results = self.score_spectrograms(specs, [c.machine for c in clips], residual=bool(self.gaussians))
         if self.gaussians:
             for clip, r in zip(clips, results, strict=True):
                 r.windows["mahalanobis"] = self.gaussian_for(clip.machine, clip.section).distance(r.windows.pop("residual"))
+        return self._clip_scores(clips, results)
+
+    def _clip_scores(self, clips: list[Any], results: Sequence[SpectrogramScores]) -> ClipScores:
         how = self.config.window.aggregate
         agg = [r.aggregate(how) for r in results]
         scores = {k: np.array([a[k] for a in agg], dtype=np.float64) for k in self.score_kinds}
